@@ -1,0 +1,1 @@
+"""Neural network models (backbones, tile classifiers, MIL heads) for fascicle."""

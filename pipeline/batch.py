@@ -1,0 +1,90 @@
+"""Run one job per slide over many slides: worker processes, progress bar, errors isolated.
+
+A job is a picklable function ``job(entry, **options) -> dict`` returning one summary row.
+A failing slide becomes an ``error`` row with the reason; the others go on.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import multiprocessing
+import traceback
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from functools import partial
+from pathlib import Path
+
+from .atomic import write_text
+from .errors import FascicleError
+from .manifest import SlideEntry
+
+log = logging.getLogger(__name__)
+
+Job = Callable[..., dict]
+
+
+def _guarded(job: Job, entry: SlideEntry, **options: object) -> dict:
+    """Run ``job``; turn any failure into an error row (the batch must go on)."""
+    try:
+        return {"slide_id": entry.slide_id, "status": "ok", **job(entry, **options)}
+    except FascicleError as err:
+        return {"slide_id": entry.slide_id, "status": "error", "error": str(err)}
+    except Exception as err:  # an unexpected bug must not sink the other slides
+        log.debug("%s failed:\n%s", entry.slide_id, traceback.format_exc())
+        return {
+            "slide_id": entry.slide_id,
+            "status": "error",
+            "error": f"{entry.path}: internal error {type(err).__name__}: {err} "
+            "(please report it with the slide's format)",
+        }
+
+
+def run_slides(
+    job: Job,
+    entries: Sequence[SlideEntry],
+    workers: int = 1,
+    progress: bool = True,
+    desc: str = "slides",
+    **options: object,
+) -> list[dict]:
+    """Apply ``job`` to every entry; rows come back in the order of ``entries``."""
+    from tqdm import tqdm
+
+    rows: dict[str, dict] = {}
+    bar = tqdm(total=len(entries), desc=desc, unit="slide", disable=not progress)
+    try:
+        if workers <= 1 or len(entries) <= 1:
+            for entry in entries:
+                rows[entry.slide_id] = _guarded(job, entry, **options)
+                bar.update()
+        else:
+            context = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(min(workers, len(entries)), mp_context=context) as pool:
+                futures = {
+                    pool.submit(partial(_guarded, job, entry, **options)): entry
+                    for entry in entries
+                }
+                for future in as_completed(futures):
+                    entry = futures[future]
+                    rows[entry.slide_id] = future.result()
+                    bar.update()
+    finally:
+        bar.close()
+    return [rows[e.slide_id] for e in entries]
+
+
+def write_summary(path: str | Path, rows: Sequence[dict], columns: Sequence[str]) -> None:
+    """Write ``rows`` as CSV (atomically) with ``columns`` first, extra keys after."""
+    extra = sorted({k for row in rows for k in row} - set(columns))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=[*columns, *extra], lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: _cell(v) for k, v in row.items()})
+    write_text(path, buffer.getvalue())
+
+
+def _cell(value: object) -> object:
+    return f"{value:.6g}" if isinstance(value, float) else value

@@ -1,0 +1,154 @@
+"""The ``fascicle`` command line: a thin layer over the Python API.
+
+Exit codes: 0 all done; 1 some inputs failed (the rest were processed, failures listed);
+2 bad usage or configuration (nothing processed). Heavy libraries are imported per verb so
+the command starts fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from . import __version__
+from .errors import FascicleError, UsageError
+
+EXIT_OK, EXIT_PARTIAL, EXIT_USAGE = 0, 1, 2
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
+    return value
+
+
+def _add_tile(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "tile",
+        help="find tissue and write tile coordinates + QC images",
+        description="Tile slides at a physical resolution over tissue only.",
+    )
+    p.add_argument("slides", nargs="*", type=Path, help="slide files (or use --manifest)")
+    p.add_argument("--manifest", type=Path, help="CSV with slide_id,path[,mpp,...]")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--mpp", type=_positive_float, default=0.5, help="target µm/px (0.5)")
+    p.add_argument("--tile-px", type=int, default=224, help="tile side in pixels (224)")
+    p.add_argument("--overlap", type=int, default=0, help="overlap in target pixels (0)")
+    p.add_argument("--min-tissue", type=_fraction, default=0.5, help="tissue fraction (0.5)")
+    p.add_argument("--slide-mpp", type=_positive_float, help="override the slides' µm/px")
+    p.add_argument("--tissue-mask", type=Path, help="mask PNG/GeoJSON, or a folder of them")
+    p.add_argument("--mask-mode", choices=("replace", "restrict"), default="replace")
+    p.add_argument("--fill-holes", action="store_true", help="fill holes in tissue")
+    p.add_argument("--workers", type=int, default=1, help="parallel slide workers (1)")
+    p.add_argument("--backend", choices=("auto", "openslide", "tifffile"), default="auto")
+    p.add_argument("--overwrite", action="store_true", help="redo finished slides")
+    p.set_defaults(run=_run_tile)
+
+
+def _slide_entries(args: argparse.Namespace):
+    from .manifest import entries_from_paths, read_manifest
+
+    if bool(args.manifest) == bool(args.slides):
+        raise UsageError("give slide files or --manifest CSV (exactly one of the two)")
+    if args.manifest:
+        entries = read_manifest(args.manifest)
+        if args.slide_mpp is not None:
+            entries = [e if e.mpp else _with_mpp(e, args.slide_mpp) for e in entries]
+        return entries
+    return entries_from_paths(args.slides, mpp=args.slide_mpp)
+
+
+def _with_mpp(entry, mpp: float):
+    from dataclasses import replace
+
+    return replace(entry, mpp=mpp)
+
+
+def _run_tile(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from .tiling import TilingParams
+    from .tiling_run import tile_slides
+
+    entries = _slide_entries(args)
+    if args.tissue_mask and args.tissue_mask.is_file() and len(entries) > 1:
+        raise UsageError("--tissue-mask FILE works for one slide; give a folder for several")
+    if args.tissue_mask and not args.tissue_mask.exists():
+        raise UsageError(f"{args.tissue_mask}: mask file or folder not found")
+    try:
+        params = TilingParams(
+            target_mpp=args.mpp,
+            tile_px=args.tile_px,
+            overlap_px=args.overlap,
+            min_tissue=args.min_tissue,
+        )
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    if args.fill_holes:
+        params = replace(params, tissue=replace(params.tissue, fill_holes=True))
+    rows = tile_slides(
+        entries,
+        args.out,
+        params,
+        workers=args.workers,
+        overwrite=args.overwrite,
+        backend=args.backend,
+        masks=args.tissue_mask,
+        mask_mode=args.mask_mode,
+        progress=not args.quiet,
+    )
+    return _report(rows, args.out / "tiling_summary.csv")
+
+
+def _report(rows: Sequence[dict], summary: Path) -> int:
+    failed = [r for r in rows if r["status"] == "error"]
+    done = len(rows) - len(failed)
+    print(f"{done}/{len(rows)} slide(s) done; summary: {summary}")
+    for row in failed:
+        print(f"error: {row['error']}", file=sys.stderr)
+    return EXIT_PARTIAL if failed else EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fascicle",
+        description="Whole-slide pipeline for dural spindle-cell tumours (research use only).",
+    )
+    parser.add_argument("--version", action="version", version=f"fascicle {__version__}")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+    _add_tile(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="%(levelname)s: %(message)s",
+    )
+    try:
+        return args.run(args)
+    except FascicleError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USAGE if isinstance(err, UsageError) else EXIT_PARTIAL
+    except KeyboardInterrupt:
+        print("interrupted; finished slides are kept and a rerun resumes", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

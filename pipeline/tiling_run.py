@@ -1,0 +1,146 @@
+"""``fascicle tile``: tile many slides into an output folder, resumable.
+
+Layout of ``out``: ``tiles/<slide_id>.h5`` (coords), ``masks/<slide_id>.png`` (tissue mask),
+``qc/<slide_id>.png`` (thumbnail, tissue outline, kept tiles), ``tiling_summary.csv``.
+The ``.h5`` is written last, atomically: its presence with the same parameter hash marks a
+finished slide, which a rerun skips unless ``overwrite``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from .atomic import atomic_path
+from .batch import run_slides, write_summary
+from .manifest import SlideEntry
+from .slide import Slide
+from .tiling import TilingParams, load_tiles, qc_image, save_tiles, tile_slide
+
+log = logging.getLogger(__name__)
+
+SUMMARY_COLUMNS = (
+    "slide_id",
+    "status",
+    "n_tiles",
+    "tissue_mm2",
+    "mpp",
+    "mpp_source",
+    "backend",
+    "seconds",
+    "reused",
+    "path",
+    "error",
+)
+
+
+def save_png(path: Path, image: np.ndarray) -> None:
+    """Write an image as PNG, atomically."""
+    with atomic_path(path) as tmp:
+        Image.fromarray(image).save(tmp, format="PNG")
+
+
+def find_user_mask(masks: Path | None, slide_id: str) -> Path | None:
+    """A mask file, or ``<slide_id>.geojson|.json|.png`` inside a mask folder."""
+    if masks is None or masks.is_file():
+        return masks
+    for suffix in (".geojson", ".json", ".png"):
+        candidate = masks / f"{slide_id}{suffix}"
+        if candidate.exists():
+            return candidate
+    return None
+
+
+def tile_entry(
+    entry: SlideEntry,
+    out: Path,
+    params: TilingParams,
+    overwrite: bool = False,
+    backend: str = "auto",
+    masks: Path | None = None,
+    mask_mode: str = "replace",
+) -> dict:
+    """Tile one slide into ``out``; return its summary row (raises ``SlideError``)."""
+    h5_path = out / "tiles" / f"{entry.slide_id}.h5"
+    user_mask = find_user_mask(masks, entry.slide_id)
+    expected = params.hash(mpp_override=entry.mpp, user_mask=str(user_mask or ""))
+    if h5_path.exists() and not overwrite:
+        try:
+            coords, attrs = load_tiles(h5_path)
+        except OSError:
+            attrs = {}
+        if attrs.get("params_hash") == expected:
+            return {
+                "n_tiles": len(coords),
+                "tissue_mm2": attrs["tissue_mm2"],
+                "mpp": attrs["slide_mpp"],
+                "mpp_source": attrs["mpp_source"],
+                "backend": attrs.get("backend", ""),
+                "seconds": attrs["seconds"],
+                "reused": True,
+                "path": str(entry.path),
+            }
+        log.info("%s: parameters changed since the last run; tiling again", entry.slide_id)
+    start = time.perf_counter()
+    with Slide(entry.path, mpp=entry.mpp, backend=backend) as slide:
+        tiles = tile_slide(slide, params, user_mask, mask_mode)
+        tiles.slide_id = entry.slide_id
+        save_png(out / "masks" / f"{entry.slide_id}.png", tiles.mask.mask.astype(np.uint8) * 255)
+        save_png(out / "qc" / f"{entry.slide_id}.png", qc_image(tiles, slide))
+        seconds = time.perf_counter() - start
+        tiles.seconds = seconds
+        save_tiles(
+            h5_path,
+            tiles,
+            backend=slide.backend,
+            slide_path=str(entry.path),
+            mask_downsample=tiles.mask.downsample,
+        )
+    return {
+        "n_tiles": len(tiles),
+        "tissue_mm2": tiles.mask.area_mm2,
+        "mpp": tiles.slide_mpp,
+        "mpp_source": tiles.mpp_source,
+        "backend": slide.backend,
+        "seconds": seconds,
+        "reused": False,
+        "path": str(entry.path),
+    }
+
+
+def tile_slides(
+    entries: Sequence[SlideEntry],
+    out: str | Path,
+    params: TilingParams = TilingParams(),
+    workers: int = 1,
+    overwrite: bool = False,
+    backend: str = "auto",
+    masks: str | Path | None = None,
+    mask_mode: str = "replace",
+    progress: bool = True,
+) -> list[dict]:
+    """Tile ``entries`` into ``out`` and write ``tiling_summary.csv``; return its rows."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = run_slides(
+        tile_entry,
+        entries,
+        workers=workers,
+        progress=progress,
+        desc="tiling",
+        out=out,
+        params=params,
+        overwrite=overwrite,
+        backend=backend,
+        masks=Path(masks) if masks else None,
+        mask_mode=mask_mode,
+    )
+    for row, entry in zip(rows, entries, strict=True):
+        row.setdefault("path", str(entry.path))
+    write_summary(out / "tiling_summary.csv", rows, SUMMARY_COLUMNS)
+    return rows
