@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from skimage import color, draw, filters, morphology
+from skimage import draw, filters, morphology
 
 from .errors import UsageError
 
@@ -64,16 +64,19 @@ def pen_mask(rgb: np.ndarray, params: TissueParams = TissueParams()) -> np.ndarr
 
 def detect_tissue(rgb: np.ndarray, mpp: float, params: TissueParams = TissueParams()) -> np.ndarray:
     """Boolean tissue mask of an RGB thumbnail at ``mpp`` µm/px."""
-    hsv = color.rgb2hsv(rgb)
-    saturation = filters.gaussian(hsv[..., 1], sigma=max(0.5, params.blur_um / mpp / 2))
-    if np.ptp(saturation) < 1e-6:
+    from PIL import Image
+
+    hsv = np.asarray(Image.fromarray(rgb).convert("HSV"))  # C code, ~20x skimage's rgb2hsv
+    saturation = hsv[..., 1].astype(np.float32) / 255
+    saturation = filters.gaussian(saturation, sigma=max(0.5, params.blur_um / mpp / 2))
+    if float(saturation.max() - saturation.min()) < 1e-6:
         threshold = params.min_saturation
     else:
         threshold = max(filters.threshold_otsu(saturation), params.min_saturation)
     tissue = saturation > threshold
     ink = morphology.dilation(pen_mask(rgb, params), _disk(params.blur_um, mpp))
     tissue &= ~ink
-    tissue &= hsv[..., 2] > params.max_value_dark
+    tissue &= hsv[..., 2] > params.max_value_dark * 255
     tissue = morphology.closing(tissue, _disk(params.close_um / 2, mpp))
     px_per_mm2 = (1000 / mpp) ** 2
     tissue = morphology.remove_small_objects(
