@@ -6,12 +6,14 @@ A failing slide becomes an ``error`` row with the reason; the others go on.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import logging
 import multiprocessing
+import os
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from functools import partial
 from pathlib import Path
@@ -41,6 +43,24 @@ def _guarded(job: Job, entry: SlideEntry, **options: object) -> dict:
         }
 
 
+THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+@contextlib.contextmanager
+def _one_thread_per_worker() -> Iterator[None]:
+    """Worker processes inherit single-threaded BLAS/OpenMP: N workers on N cores, not N²."""
+    saved = {k: os.environ.get(k) for k in THREAD_VARS}
+    os.environ.update({k: "1" for k in THREAD_VARS})
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def run_slides(
     job: Job,
     entries: Sequence[SlideEntry],
@@ -61,7 +81,10 @@ def run_slides(
                 bar.update()
         else:
             context = multiprocessing.get_context("spawn")
-            with ProcessPoolExecutor(min(workers, len(entries)), mp_context=context) as pool:
+            with (
+                _one_thread_per_worker(),
+                ProcessPoolExecutor(min(workers, len(entries)), mp_context=context) as pool,
+            ):
                 futures = {
                     pool.submit(partial(_guarded, job, entry, **options)): entry
                     for entry in entries

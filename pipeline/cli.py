@@ -56,6 +56,50 @@ def _add_tile(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=_run_tile)
 
 
+def _add_synth(sub: argparse._SubParsersAction) -> None:
+    from .synth.cohort import CLASSES
+
+    p = sub.add_parser(
+        "synth",
+        help="generate a synthetic cohort (slides, manifest, IHC)",
+        description="Render a synthetic cohort of spindle-cell tumour slides with IHC panels.",
+    )
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--n-slides", type=int, default=12, help="number of slides (12)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (0)")
+    p.add_argument("--classes", nargs="+", default=list(CLASSES), help="image classes")
+    p.add_argument(
+        "--slide-size-um", type=float, nargs=2, default=(4000.0, 3000.0), metavar=("W", "H")
+    )
+    p.add_argument("--mpp", type=_positive_float, default=0.5, help="µm/px of level 0 (0.5)")
+    p.add_argument("--difficulty", type=_fraction, default=0.5, help="0 easy .. 1 hard (0.5)")
+    p.add_argument("--no-artefacts", action="store_true", help="no pen, fold or bubble")
+    p.add_argument("--workers", type=int, default=1, help="parallel slide workers (1)")
+    p.add_argument("--overwrite", action="store_true", help="regenerate existing slides")
+    p.set_defaults(run=_run_synth)
+
+
+def _run_synth(args: argparse.Namespace) -> int:
+    from .synth.cohort import CohortParams, make_cohort
+
+    params = CohortParams(
+        n_slides=args.n_slides,
+        seed=args.seed,
+        classes=tuple(args.classes),
+        slide_size_um=tuple(args.slide_size_um),
+        mpp=args.mpp,
+        difficulty=args.difficulty,
+        artefacts=not args.no_artefacts,
+    )
+    plans = make_cohort(
+        args.out, params, workers=args.workers, overwrite=args.overwrite, progress=not args.quiet
+    )
+    print(f"{len(plans)} slides in {args.out / 'slides'}")
+    for name in ("manifest.csv", "ihc.csv", "cases.csv", "preview.png"):
+        print(f"  {args.out / name}")
+    return EXIT_OK
+
+
 def _slide_entries(args: argparse.Namespace):
     from .manifest import entries_from_paths, read_manifest
 
@@ -129,6 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+    _add_synth(sub)
     _add_tile(sub)
     return parser
 

@@ -3,9 +3,5 @@
 Real leiomyosarcoma and meningioma slides cannot be shipped, so the demo, the tests and CI
 use slides whose classes differ in morphology (nuclear shape, architecture, special
 features), while stain colour, intensity, thickness and background vary per slide and are
-shared across classes. See ``cohort.make_cohort`` and ``fascicle synth``.
+shared across classes. See ``pipeline.synth.cohort`` and ``fascicle synth``.
 """
-
-from .cohort import CLASSES, CohortParams, make_cohort
-
-__all__ = ["CLASSES", "CohortParams", "make_cohort"]

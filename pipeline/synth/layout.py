@@ -7,6 +7,7 @@ the tumour's architecture, cellularity, and the artefacts tissue detection must 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -16,6 +17,8 @@ from scipy.spatial import cKDTree
 from .morphology import Morphology
 
 MAP_UM = 8.0
+ARTEFACT_RATES = {"pen": 0.35, "fold": 0.25, "bubble": 0.2}
+"""Probability that a slide has each artefact."""
 
 
 @dataclass
@@ -179,9 +182,14 @@ def make_layout(
     height_um: float,
     m: Morphology,
     difficulty: float,
-    artefacts: bool = True,
+    artefacts: bool | Mapping[str, float] = True,
 ) -> Layout:
-    """Random layout for one slide of ``width_um`` x ``height_um``."""
+    """Random layout for one slide of ``width_um`` x ``height_um``.
+
+    ``artefacts``: True for the usual rates (``ARTEFACT_RATES``), False for none, or a
+    mapping of artefact name to probability.
+    """
+    rates = ARTEFACT_RATES if artefacts is True else (artefacts or {})
     shape = (max(8, round(height_um / MAP_UM)), max(8, round(width_um / MAP_UM)))
     tissue_mask = _pieces(rng, shape)
     area_mm2 = tissue_mask.sum() * (MAP_UM / 1000) ** 2
@@ -199,14 +207,14 @@ def make_layout(
     fold = np.zeros(shape, np.float32)
     ink = np.zeros(shape, np.float32)
     bubbles = np.zeros((0, 3))
-    if artefacts and rng.random() < 0.35:
+    if rng.random() < rates.get("pen", 0.0):
         ink = _ink(rng, tissue_mask)
-    if artefacts and rng.random() < 0.25:  # a fold: a band of doubled tissue
+    if rng.random() < rates.get("fold", 0.0):  # a fold: a band of doubled tissue
         yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]]
         theta, c = rng.uniform(0, np.pi), rng.uniform(0.3, 0.7)
         d = (xx - c * shape[1]) * np.cos(theta) + (yy - c * shape[0]) * np.sin(theta)
         fold = (np.abs(d) < rng.uniform(8, 20)).astype(np.float32) * tissue_mask
-    if artefacts and rng.random() < 0.2:
+    if rng.random() < rates.get("bubble", 0.0):
         bubbles = np.array(
             [[rng.uniform(0, width_um), rng.uniform(0, height_um), rng.uniform(150, 450)]]
         )

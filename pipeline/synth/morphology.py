@@ -1,6 +1,6 @@
 """Morphology of each rendered entity, in physical units (µm), and how difficulty blends it.
 
-Nuclear area fraction (π·a·b·density ≈ 0.2) and mean staining are kept similar across
+Nuclear area fraction (π·a·b·density ≈ 0.26) and mean staining are kept similar across
 entities so the classes differ in shape and architecture, not in colour.
 """
 
@@ -56,7 +56,7 @@ ENTITIES: dict[str, Morphology] = {
         nucleus_b=2.0,
         blunt=3.5,
         size_cv=0.25,
-        density=0.0032,
+        density=0.0042,
         jitter_deg=9,
         h_amp=1.0,
         e_level=0.55,
@@ -74,7 +74,7 @@ ENTITIES: dict[str, Morphology] = {
         nucleus_b=4.0,
         blunt=2.0,
         size_cv=0.15,
-        density=0.0029,
+        density=0.0038,
         jitter_deg=25,
         h_amp=0.85,
         e_level=0.5,
@@ -92,7 +92,7 @@ ENTITIES: dict[str, Morphology] = {
         nucleus_b=3.6,
         blunt=2.0,
         size_cv=0.35,
-        density=0.0036,
+        density=0.0047,
         jitter_deg=35,
         h_amp=1.0,
         h_cv=0.25,
@@ -113,7 +113,7 @@ ENTITIES: dict[str, Morphology] = {
         nucleus_b=2.4,
         blunt=2.5,
         size_cv=0.2,
-        density=0.0035,
+        density=0.0046,
         jitter_deg=180,
         h_amp=1.0,
         e_level=0.55,
@@ -130,7 +130,7 @@ ENTITIES: dict[str, Morphology] = {
         nucleus_b=2.2,
         blunt=2.5,
         size_cv=0.08,
-        density=0.005,
+        density=0.0065,
         jitter_deg=12,
         h_amp=1.05,
         e_level=0.42,
@@ -145,7 +145,7 @@ ENTITIES: dict[str, Morphology] = {
         nucleus_b=4.0,
         blunt=2.0,
         size_cv=0.5,
-        density=0.002,
+        density=0.0026,
         jitter_deg=20,
         h_amp=1.1,
         h_cv=0.35,
@@ -164,7 +164,7 @@ ENTITIES: dict[str, Morphology] = {
         nucleus_b=1.8,
         blunt=2.0,
         size_cv=0.2,
-        density=0.004,
+        density=0.0052,
         jitter_deg=20,
         h_amp=1.05,
         e_level=0.45,

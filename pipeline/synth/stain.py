@@ -44,13 +44,20 @@ class Stain:
         h: np.ndarray,
         e: np.ndarray,
         blood: np.ndarray,
-        ink: np.ndarray | None,
-        rng: np.random.Generator,
+        ink: np.ndarray | float,
+        noise: np.ndarray,
     ) -> np.ndarray:
-        """RGB uint8 from concentration maps (each H x W)."""
-        od = h[..., None] * self.h + e[..., None] * self.e + blood[..., None] * self.blood
-        if ink is not None:
-            od += ink
-        rgb = self.glass * np.exp(-od)
-        rgb += rng.normal(0, self.noise, rgb.shape[:2])[..., None]
-        return np.clip(rgb, 0, 255).astype(np.uint8)
+        """RGB uint8 from concentration maps (each H x W), ink OD (H x W x 3) and unit noise."""
+        out = np.empty((3, *h.shape), np.float32)
+        for c in range(3):  # channel-first: plain 2-D arithmetic, no broadcasting over 3
+            od = h * np.float32(self.h[c]) + e * np.float32(self.e[c])
+            od += blood * np.float32(self.blood[c])
+            if not np.isscalar(ink):
+                od += ink[..., c]
+            np.negative(od, out=od)
+            np.exp(od, out=od)
+            od *= np.float32(self.glass[c])
+            od += noise * np.float32(self.noise)
+            out[c] = od
+        np.clip(out, 0, 255, out=out)
+        return np.ascontiguousarray(out.astype(np.uint8).transpose(1, 2, 0))
