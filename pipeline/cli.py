@@ -100,6 +100,67 @@ def _run_synth(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _add_ihc(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "ihc",
+        help="ranked differential from an IHC panel (and image probabilities)",
+        description="Fuse an IHC panel with optional image probabilities into a differential.",
+    )
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--panel", help='e.g. "desmin+ h-caldesmon+ SMA- STAT6 focal"')
+    source.add_argument("--ihc", type=Path, help="IHC CSV (long or wide); with --slide")
+    p.add_argument("--slide", help="slide_id whose panel to read from --ihc")
+    p.add_argument("--image-probs", help="class=p,... e.g. leiomyosarcoma=0.5,meningioma=0.5")
+    p.add_argument("--prior", help="named prior from the knowledge base (default: its default)")
+    p.add_argument("--knowledge", type=Path, help="knowledge base YAML (default: configs/ihc)")
+    p.add_argument("--calls", type=Path, help="call thresholds YAML (default: configs/calls.yaml)")
+    p.add_argument("--top", type=int, default=5, help="entities and stains to list (5)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(run=_run_ihc)
+
+
+def _parse_probs(text: str) -> dict[str, float]:
+    probs = {}
+    for item in text.split(","):
+        name, sep, value = item.partition("=")
+        try:
+            probs[name.strip()] = float(value)
+        except ValueError:
+            raise UsageError(f"--image-probs: {item!r} is not class=probability") from None
+        if not sep or not 0 <= probs[name.strip()] <= 1:
+            raise UsageError(f"--image-probs: {item!r} is not class=probability in [0, 1]")
+    return probs
+
+
+def _run_ihc(args: argparse.Namespace) -> int:
+    import json
+
+    from .aggregate import CallConfig, decide
+    from .differential import format_summary, fuse, next_stains, summarise
+    from .ihc import parse_panel, read_ihc_csv
+    from .knowledge import load_knowledge
+
+    kb = load_knowledge(args.knowledge)
+    config = CallConfig.load(args.calls)
+    if args.panel is not None:
+        panel = parse_panel(args.panel, kb)
+    else:
+        panels = read_ihc_csv(args.ihc, kb)
+        if args.slide not in panels:
+            known = ", ".join(sorted(panels)[:10])
+            raise UsageError(f"{args.ihc}: no rows for slide {args.slide!r} (slides: {known}...)")
+        panel = panels[args.slide]
+    image = _parse_probs(args.image_probs) if args.image_probs else None
+    options = {"prior": args.prior, "kb": kb, "image_floor": config.image_prob_floor}
+    diff = fuse(panel, image, **options)
+    ihc_only = fuse(panel, None, **options)
+    call = decide(diff, config, image_probs=image, ihc_only=ihc_only)
+    stains = next_stains(diff, top=args.top)
+    summary = summarise(diff, stains, call, top=args.top)
+    print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
+    return EXIT_OK
+
+
 def _slide_entries(args: argparse.Namespace):
     from .manifest import entries_from_paths, read_manifest
 
@@ -175,6 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
     _add_synth(sub)
     _add_tile(sub)
+    _add_ihc(sub)
     return parser
 
 

@@ -43,6 +43,18 @@ class Prior:
     weights: dict[str, float]
 
 
+@dataclass(frozen=True)
+class Scoring:
+    """How focal, equivocal, percentage and H-score results are read."""
+
+    focal_weight: float = 0.75
+    equivocal: str = "uninformative"
+    positive_percent: float = 25.0
+    focal_percent: float = 5.0
+    positive_hscore: float = 100.0
+    focal_hscore: float = 10.0
+
+
 @dataclass
 class KnowledgeBase:
     """Entities x markers probabilities plus the metadata that interprets them."""
@@ -57,18 +69,32 @@ class KnowledgeBase:
     """(n_entities, n_markers) P(positive | entity), unclipped, as in the file."""
     sources: dict[tuple[str, str], str]
     groups: dict[str, list[str]]
+    redundancy: dict[str, float]
+    scoring: Scoring
     priors: dict[str, Prior]
     default_prior: str
     clip: tuple[float, float]
     extra: dict = field(default_factory=dict)
     _alias_index: dict[str, str] = field(default_factory=dict, repr=False)
+    _marker_pos: dict[str, int] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        self._marker_pos = {m: i for i, m in enumerate(self.markers)}
 
     @property
     def marker_keys(self) -> list[str]:
         return list(self.markers)
 
     def marker_index(self, key: str) -> int:
-        return self.marker_keys.index(key)
+        return self._marker_pos[key]
+
+    def group_of(self, marker: str) -> str | None:
+        """The correlated group a marker belongs to, if any."""
+        return next((g for g, members in self.groups.items() if marker in members), None)
+
+    def clipped(self) -> np.ndarray:
+        """P(positive | entity) clipped to the assay error floor and ceiling."""
+        return np.clip(self.p_positive, *self.clip)
 
     def entity_index(self, entity: str) -> int:
         return self.entities.index(entity)
@@ -160,8 +186,29 @@ def _load(path: Path) -> KnowledgeBase:
         if missing:
             problems.append(f"entity {e} has no probability for {', '.join(missing)}")
     groups = {g: list((v or {}).get("markers", [])) for g, v in (doc.get("groups") or {}).items()}
+    redundancy = {
+        g: float((v or {}).get("redundancy", 0.0)) for g, v in (doc.get("groups") or {}).items()
+    }
+    seen_in: dict[str, str] = {}
     for g, members in groups.items():
         problems += [f"group {g}: unknown marker {m!r}" for m in members if m not in markers]
+        if not 0 <= redundancy[g] < 1:
+            problems.append(f"group {g}: redundancy {redundancy[g]} must be in [0, 1)")
+        for m in members:
+            if m in seen_in:
+                problems.append(f"marker {m} is in groups {seen_in[m]} and {g}; keep it in one")
+            seen_in[m] = g
+    try:
+        scoring = Scoring(**(doc.get("scoring") or {}))
+    except TypeError as err:
+        problems.append(f"scoring: {err}")
+        scoring = Scoring()
+    if scoring.equivocal not in ("uninformative", "focal"):
+        problems.append(
+            f"scoring.equivocal must be uninformative or focal, not {scoring.equivocal!r}"
+        )
+    if not 0.5 <= scoring.focal_weight <= 1:
+        problems.append(f"scoring.focal_weight {scoring.focal_weight} must be in [0.5, 1]")
     priors: dict[str, Prior] = {}
     floors: dict[str, float] = {}
     for name, spec in (doc.get("priors") or {}).items():
@@ -189,6 +236,8 @@ def _load(path: Path) -> KnowledgeBase:
         p_positive=p,
         sources=sources,
         groups=groups,
+        redundancy=redundancy,
+        scoring=scoring,
         priors=priors,
         default_prior=default_prior,
         clip=(float(clip[0]), float(clip[1])),

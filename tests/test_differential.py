@@ -1,0 +1,151 @@
+import copy
+import itertools
+
+import numpy as np
+import pytest
+
+from pipeline.aggregate import CallConfig, decide
+from pipeline.cli import main
+from pipeline.differential import fuse, ihc_terms, next_stains
+from pipeline.ihc import MarkerResult, Panel, parse_panel
+from pipeline.knowledge import Prior, load_knowledge
+
+CASE = (
+    "desmin+ h-caldesmon+ vimentin+ EMA- PR- GFAP- TTF-1- calcitonin- Melan-A- HMB45- SMA- "
+    "CD34- S100-"
+)
+HALF = {"leiomyosarcoma": 0.5, "meningioma": 0.5, "other_sarcoma": 0.0}
+
+
+def test_worked_case_leiomyosarcoma_first_with_the_right_evidence_and_next_stains():
+    diff = fuse(parse_panel(CASE), HALF)
+    ranked = dict(diff.ranked())
+    assert diff.ranked()[0][0] == "leiomyosarcoma"
+    assert ranked["leiomyosarcoma"] > 0.75
+    assert ranked["meningioma_g3_anaplastic"] < ranked["leiomyosarcoma"] / 5
+    assert ranked["solitary_fibrous_tumor"] < 0.01
+    evidence = {ev.marker: ev for ev in diff.evidence("leiomyosarcoma")}
+    support = sorted((ev for ev in evidence.values() if ev.llr > 0), key=lambda ev: -ev.llr)
+    assert {support[0].marker, support[1].marker} == {"desmin", "h_caldesmon"}
+    sma = evidence["SMA"]
+    assert sma.direction == "against" and not sma.decisive and sma.p_result < 0.1
+    suggested = {s.marker for s in next_stains(diff)}
+    assert suggested & {"myogenin", "MyoD1_nuclear"}
+    assert suggested & {"STAT6_nuclear", "SSTR2A"}
+    # the IHC alone (no image) leaves rhabdomyosarcoma as the desmin+ competitor
+    alone = fuse(parse_panel(CASE))
+    assert [e for e, _ in alone.ranked()[:2]] == ["leiomyosarcoma", "rhabdomyosarcoma"]
+    top2 = [s.marker for s in next_stains(alone, top=2)]
+    assert set(top2) == {"myogenin", "MyoD1_nuclear"}
+    assert "STAT6_nuclear" in {s.marker for s in next_stains(alone)}
+
+
+def test_posterior_is_normalised_and_prior_only_without_evidence():
+    kb = load_knowledge()
+    diff = fuse()
+    np.testing.assert_allclose(diff.posterior, kb.prior())
+    for prior in kb.priors:
+        d = fuse(parse_panel(CASE), HALF, prior=prior)
+        assert d.posterior.sum() == pytest.approx(1.0) and (d.posterior >= 0).all()
+
+
+def test_posterior_monotone_in_a_markers_likelihood_ratio():
+    kb = copy.deepcopy(load_knowledge())  # never edit the shared, cached one
+    panel = parse_panel("desmin+")
+    i = kb.entities.index("leiomyosarcoma")
+    j = kb.marker_index("desmin")
+    previous = -1.0
+    for p in (0.1, 0.3, 0.5, 0.8, 0.95):
+        kb.p_positive[i, j] = p
+        value = float(fuse(panel, kb=kb).posterior[i])
+        assert value > previous
+        previous = value
+
+
+def test_marker_order_does_not_matter():
+    markers = ["desmin+", "h-caldesmon+", "SMA-", "EMA-", "S100 focal", "CD34-"]
+    reference = fuse(parse_panel(" ".join(markers)), HALF).posterior
+    for order in itertools.islice(itertools.permutations(markers), 0, 720, 37):
+        np.testing.assert_allclose(fuse(parse_panel(" ".join(order)), HALF).posterior, reference)
+
+
+def test_correlated_group_tempering_reduces_double_counting():
+    kb = load_knowledge()
+    panel = parse_panel("desmin+ h-caldesmon+ calponin+ SMA+")
+    naive = sum(ll for _, _, ll in [(r, 1.0, ll) for r, _, ll in ihc_terms(kb, panel)])
+    tempered = sum(w * ll for _, w, ll in ihc_terms(kb, panel))
+    i, j = kb.entities.index("leiomyosarcoma"), kb.entities.index("meningioma_g3_anaplastic")
+    naive_llr, tempered_llr = naive[i] - naive[j], tempered[i] - tempered[j]
+    assert 0 < tempered_llr < naive_llr
+    weights = sorted(w for _, w, _ in ihc_terms(kb, panel))
+    assert weights == [0.5, 0.5, 0.5, 1.0]
+    # markers of different groups are not discounted
+    assert all(w == 1.0 for _, w, _ in ihc_terms(kb, parse_panel("desmin+ EMA- S100- CD31-")))
+
+
+def test_focal_is_a_softened_positive_and_equivocal_is_uninformative():
+    i = load_knowledge().entities.index("solitary_fibrous_tumor")
+    pos = fuse(parse_panel("STAT6+")).posterior[i]
+    focal = fuse(parse_panel("STAT6 focal")).posterior[i]
+    neg = fuse(parse_panel("STAT6-")).posterior[i]
+    assert pos > focal > neg
+    np.testing.assert_allclose(fuse(parse_panel("STAT6 equivocal")).posterior, fuse().posterior)
+
+
+def test_next_stain_breaks_a_planted_tie():
+    kb = copy.deepcopy(load_knowledge())
+    kb.priors["tie"] = Prior(
+        "tie", "planted", {"solitary_fibrous_tumor": 1.0, "meningioma_g1_2": 1.0}
+    )
+    tied = fuse(Panel(), prior="tie", kb=kb)
+    assert sorted(tied.posterior)[-2:] == [0.5, 0.5]
+    best = next_stains(tied, top=1)[0]
+    assert best.marker == "STAT6_nuclear"  # 0.97 vs 0.01: the sharpest split of the two
+    assert {best.separates[0], best.separates[2]} == {"solitary_fibrous_tumor", "meningioma_g1_2"}
+    assert best.entropy_reduction > 0.8  # nearly the whole bit
+
+
+def test_outside_scope_entities_are_neutral_to_the_image_and_flagged():
+    diff = fuse(parse_panel("S100+ SOX10+ MelanA+ HMB45+"), {"leiomyosarcoma": 1.0})
+    top = diff.ranked()[0][0]
+    assert top == "metastatic_melanoma" and not diff.in_scope(top)
+    call = decide(diff, CallConfig())
+    assert call.label == "metastatic_melanoma" and call.outside_scope
+
+
+def test_conflicting_image_and_ihc_make_the_call_indeterminate():
+    panel = parse_panel("STAT6+ CD34+ desmin- h-caldesmon- EMA-")
+    image = {"leiomyosarcoma": 0.97, "meningioma": 0.02, "other_sarcoma": 0.01}
+    diff, alone = fuse(panel, image), fuse(panel)
+    call = decide(diff, CallConfig(), image_probs=image, ihc_only=alone)
+    assert call.indeterminate and any("conflict" in r for r in call.reasons)
+    low = decide(
+        fuse(None, {"leiomyosarcoma": 0.4, "meningioma": 0.35, "other_sarcoma": 0.25}), CallConfig()
+    )
+    assert low.indeterminate and "probability" in low.reasons[0]
+    few = decide(fuse(parse_panel(CASE), HALF), CallConfig(), n_tiles=3)
+    assert few.indeterminate and "3 tissue tiles" in few.reasons[0]
+
+
+def test_ihc_cli_table_and_json(capsys):
+    assert main(["ihc", "--panel", CASE, "--image-probs", "leiomyosarcoma=0.5,meningioma=0.5"]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].startswith("call: leiomyosarcoma")
+    assert "myogenin" in out and "atypical" in out
+    assert main(["ihc", "--panel", CASE, "--json"]) == 0
+    import json
+
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["differential"][0]["entity"] == "leiomyosarcoma"
+    assert main(["ihc", "--panel", "desmin"]) == 2
+    assert main(["ihc", "--panel", "desmin+", "--image-probs", "lms=0.9"]) == 2
+    assert main(["ihc", "--panel", "desmin+", "--prior", "nope"]) == 2
+
+
+def test_result_objects_work_without_parsing():
+    panel = Panel(results={"desmin": MarkerResult("desmin", "positive")})
+    assert fuse(panel).ranked()[0][0] in {
+        "meningioma_g3_anaplastic",
+        "rhabdomyosarcoma",
+        "leiomyosarcoma",
+    }

@@ -1,0 +1,152 @@
+import pytest
+
+from pipeline.ihc import IHCError, parse_panel, read_ihc_csv
+from pipeline.knowledge import load_knowledge
+
+CASE = (
+    "desmin+ h-caldesmon+ vimentin+ EMA- PR- GFAP- TTF-1- calcitonin- Melan-A- HMB45- SMA- "
+    "CD34- S100-"
+)
+
+
+def states(panel):
+    return {k: r.state for k, r in panel.results.items()}
+
+
+def test_the_worked_case_panel():
+    got = states(parse_panel(CASE))
+    assert got["desmin"] == got["h_caldesmon"] == got["vimentin"] == "positive"
+    for marker in (
+        "EMA",
+        "PR",
+        "GFAP",
+        "TTF1",
+        "calcitonin",
+        "MelanA",
+        "HMB45",
+        "SMA",
+        "CD34",
+        "S100",
+    ):
+        assert got[marker] == "negative"
+    assert len(got) == 13
+
+
+@pytest.mark.parametrize(
+    "text, marker, state",
+    [
+        ("hCaldesmon+", "h_caldesmon", "positive"),
+        ("Caldesmon pos", "h_caldesmon", "positive"),
+        ("h caldesmon -", "h_caldesmon", "negative"),
+        ("smooth muscle actin neg", "SMA", "negative"),
+        ("STAT6 focal", "STAT6_nuclear", "focal"),
+        ("STAT-6 patchy", "STAT6_nuclear", "focal"),
+        ("S100 (+)", "S100", "focal"),
+        ("CD34 +/-", "CD34", "equivocal"),
+        ("SOX10 −", "SOX10", "negative"),
+        ("AE1/AE3+", "panCK_AE1AE3", "positive"),
+        ("Melan A negative", "MelanA", "negative"),
+        ("PR 30%", "PR", "positive"),
+        ("PR 8%", "PR", "focal"),
+        ("PR 2%", "PR", "negative"),
+        ("PR H=150", "PR", "positive"),
+        ("MyoD1 na", "MyoD1_nuclear", "not_performed"),
+        ("H3K27me3 lost", "H3K27me3_loss", "positive"),
+        ("H3K27me3 retained", "H3K27me3_loss", "negative"),
+        ("H3K27me3-", "H3K27me3_loss", "positive"),  # a negative stain means loss
+        ("H3K27me3 mosaic", "H3K27me3_loss", "focal"),
+    ],
+)
+def test_aliases_and_result_synonyms(text, marker, state):
+    assert states(parse_panel(text)) == {marker: state}
+
+
+def test_unknown_markers_are_reported_not_dropped():
+    panel = parse_panel("desmin+ Ki-67 20%, CD99+")
+    assert set(panel.results) == {"desmin"}
+    assert panel.unknown == ["Ki-67", "CD99"]
+    assert any("Ki-67" in w and "knowledge.yaml" in w for w in panel.warnings)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("desmin", "no result for 'desmin'"),
+        ("desmin+ SMA", "no result for 'SMA'"),
+        ("+ desmin+", "has no marker"),
+        ("desmin+ desmin-", "given twice"),
+        ("PR 130%", "outside 0-100"),
+    ],
+)
+def test_malformed_panels_are_clear_errors(text, message):
+    with pytest.raises(IHCError, match=message):
+        parse_panel(text)
+
+
+def test_long_csv_with_percent_and_hscore(tmp_path):
+    path = tmp_path / "ihc.csv"
+    path.write_text(
+        "slide_id,marker,result,percent,hscore\n"
+        "s1,Desmin,positive,80,\n"
+        "s1,SMA,,3,\n"
+        "s1,PR,,,150\n"
+        "s2,hCaldesmon,neg,,\n"
+        "s2,ERG,+,,\n"
+    )
+    panels = read_ihc_csv(path)
+    assert states(panels["s1"]) == {"desmin": "positive", "SMA": "negative", "PR": "positive"}
+    assert panels["s1"].results["desmin"].percent == 80
+    assert states(panels["s2"]) == {"h_caldesmon": "negative", "ERG": "positive"}
+
+
+def test_wide_csv(tmp_path):
+    path = tmp_path / "wide.csv"
+    path.write_text("slide_id,desmin,h-caldesmon,STAT6,Ki67\ns1,+,focal,,15%\ns2,-,-,positive,\n")
+    panels = read_ihc_csv(path)
+    assert states(panels["s1"]) == {"desmin": "positive", "h_caldesmon": "focal"}
+    assert panels["s1"].unknown == ["Ki67"]
+    assert states(panels["s2"]) == {
+        "desmin": "negative",
+        "h_caldesmon": "negative",
+        "STAT6_nuclear": "positive",
+    }
+
+
+def test_csv_errors_name_every_bad_row(tmp_path):
+    path = tmp_path / "bad.csv"
+    path.write_text(
+        "slide_id,marker,result,percent\ns1,desmin,maybe,\n,SMA,+,\ns2,EMA,+,abc\ns3,,+,\n"
+    )
+    with pytest.raises(IHCError) as err:
+        read_ihc_csv(path)
+    text = str(err.value)
+    assert "4 problem(s)" in text
+    for expected in (
+        "line 2",
+        "'maybe'",
+        "line 3: empty slide_id",
+        "line 4",
+        "'abc'",
+        "line 5: empty marker",
+    ):
+        assert expected in text
+    no_id = tmp_path / "noid.csv"
+    no_id.write_text("case,marker,result\nx,desmin,+\n")
+    with pytest.raises(IHCError, match="slide_id"):
+        read_ihc_csv(no_id)
+
+
+def test_synthetic_cohort_ihc_files_parse(tmp_path):
+    import numpy as np
+
+    from pipeline.synth.cohort import CohortParams, plan_cohort, sample_ihc
+
+    kb = load_knowledge()
+    rows = ["slide_id,marker,result,percent"]
+    for plan in plan_cohort(CohortParams(n_slides=30), tmp_path):
+        for r in sample_ihc(plan, kb, np.random.default_rng(0)):
+            rows.append(f"{plan.slide_id},{r['marker']},{r['result']},{r['percent']}")
+    path = tmp_path / "ihc.csv"
+    path.write_text("\n".join(rows) + "\n")
+    panels = read_ihc_csv(path, kb)
+    assert len(panels) == 30 and all(not p.unknown for p in panels.values())
