@@ -161,6 +161,54 @@ def _run_ihc(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _add_config_verb(
+    sub: argparse._SubParsersAction, name: str, run, help_: str, example: str
+) -> None:
+    """A verb driven by a YAML experiment config plus --section.key=value overrides."""
+    p = sub.add_parser(
+        name, help=help_, description=f"{help_}; override keys with --section.key=value."
+    )
+    p.add_argument("--config", type=Path, required=True, help=f"e.g. {example}")
+    p.set_defaults(run=run, overrides_allowed=True)
+
+
+def _quiet_lightning(verbose: bool) -> None:
+    level = logging.INFO if verbose else logging.WARNING
+    for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric"):
+        logging.getLogger(name).setLevel(level)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .training import train
+
+    _quiet_lightning(args.verbose)
+    config = load_config(args.config, args.overrides)
+    result = train(config, progress=not args.quiet)
+    if result is not None:
+        val = result.metrics["val"]
+        print(f"model: {result.model_path}")
+        print(
+            f"validation ({result.metrics['val_slides']} slides): slide balanced accuracy "
+            f"{val['balanced_accuracy']:.3f}, macro AUROC {val['auroc_macro']:.3f}"
+        )
+    return EXIT_OK
+
+
+def _run_embed(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .data import prepare_slides
+    from .embed import build_encoder, embed_slides
+
+    config = load_config(args.config, args.overrides)
+    run_dir = Path(config.out)
+    slides = prepare_slides(config, run_dir, progress=not args.quiet)
+    out = Path(config.model.features_dir) if config.model.features_dir else run_dir / "features"
+    paths = embed_slides(config, slides, out, build_encoder(config), progress=not args.quiet)
+    print(f"{len(paths)} slide(s) embedded in {out}")
+    return EXIT_OK
+
+
 def _slide_entries(args: argparse.Namespace):
     from .manifest import entries_from_paths, read_manifest
 
@@ -237,12 +285,26 @@ def build_parser() -> argparse.ArgumentParser:
     _add_synth(sub)
     _add_tile(sub)
     _add_ihc(sub)
+    _add_config_verb(
+        sub, "train", _run_train, "train a slide classifier from a YAML config", "configs/demo.yaml"
+    )
+    _add_config_verb(
+        sub,
+        "embed",
+        _run_embed,
+        "frozen-encoder features of every tile (for MIL)",
+        "configs/mil.yaml",
+    )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    args.overrides = [a for a in extra if a.startswith("--") and "=" in a]
+    unknown = [a for a in extra if a not in args.overrides]
+    if unknown or (args.overrides and not getattr(args, "overrides_allowed", False)):
+        parser.error(f"unrecognized arguments: {' '.join(unknown or args.overrides)}")
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(levelname)s: %(message)s",

@@ -23,17 +23,74 @@ from .knowledge import KnowledgeBase, load_knowledge
 
 STATES = ("positive", "negative", "focal", "equivocal", "not_performed")
 SYNONYMS = {
-    "positive": ("positive", "pos", "+", "++", "+++", "p", "yes", "diffuse", "diffusely positive",
-                 "strong", "reactive", "present", "expressed", "1+", "2+", "3+"),
-    "negative": ("negative", "neg", "-", "−", "–", "n", "no", "absent", "nonreactive",
-                 "non-reactive", "not expressed", "0"),
-    "focal": ("focal", "focally positive", "patchy", "weak", "partial", "scattered", "(+)",
-              "multifocal", "f"),
-    "equivocal": ("equivocal", "indeterminate", "?", "±", "+/-", "inconclusive", "unclear",
-                  "non-diagnostic", "nondiagnostic", "not evaluable", "ne"),
-    "not_performed": ("not_performed", "not performed", "na", "n/a", "nd", "not done", "pending",
-                      "np", ""),
-}  # fmt: skip
+    "positive": (
+        "positive",
+        "pos",
+        "+",
+        "++",
+        "+++",
+        "p",
+        "yes",
+        "diffuse",
+        "diffusely positive",
+        "strong",
+        "reactive",
+        "present",
+        "expressed",
+        "1+",
+        "2+",
+        "3+",
+    ),
+    "negative": (
+        "negative",
+        "neg",
+        "-",
+        "−",
+        "–",
+        "n",
+        "no",
+        "absent",
+        "nonreactive",
+        "non-reactive",
+        "not expressed",
+        "0",
+    ),
+    "focal": (
+        "focal",
+        "focally positive",
+        "patchy",
+        "weak",
+        "partial",
+        "scattered",
+        "(+)",
+        "multifocal",
+        "f",
+    ),
+    "equivocal": (
+        "equivocal",
+        "indeterminate",
+        "?",
+        "±",
+        "+/-",
+        "inconclusive",
+        "unclear",
+        "non-diagnostic",
+        "nondiagnostic",
+        "not evaluable",
+        "ne",
+    ),
+    "not_performed": (
+        "not_performed",
+        "not performed",
+        "na",
+        "n/a",
+        "nd",
+        "not done",
+        "pending",
+        "np",
+        "",
+    ),
+}
 LOSS_SYNONYMS = {
     "positive": ("lost", "loss", "complete loss", "deficient"),
     "negative": ("retained", "intact", "preserved", "expressed"),
@@ -270,8 +327,14 @@ def read_ihc_csv(path: str | Path, kb: KnowledgeBase | None = None) -> dict[str,
             if not row.get("marker"):
                 errors.append(f"{where}: empty marker")
                 continue
-            add(slide_id, row["marker"], row.get("result", ""), where,
-                percent=row.get("percent", ""), hscore=row.get("hscore", ""))  # fmt: skip
+            add(
+                slide_id,
+                row["marker"],
+                row.get("result", ""),
+                where,
+                percent=row.get("percent", ""),
+                hscore=row.get("hscore", ""),
+            )
         else:
             for column in columns:
                 if column != "slide_id" and row.get(column, "") != "":

@@ -56,6 +56,23 @@ def find_user_mask(masks: Path | None, slide_id: str) -> Path | None:
     return None
 
 
+def _expected_hash(entry: SlideEntry, params: TilingParams, masks: Path | None) -> str:
+    user_mask = find_user_mask(masks, entry.slide_id)
+    return params.hash(mpp_override=entry.mpp, user_mask=str(user_mask or ""))
+
+
+def is_finished(entry: SlideEntry, out: Path, params: TilingParams, masks: Path | None) -> bool:
+    """True when ``out`` holds this slide's coordinates made with the same parameters."""
+    h5_path = out / "tiles" / f"{entry.slide_id}.h5"
+    if not h5_path.exists():
+        return False
+    try:
+        _, attrs = load_tiles(h5_path)
+    except OSError:
+        return False
+    return attrs.get("params_hash") == _expected_hash(entry, params, masks)
+
+
 def tile_entry(
     entry: SlideEntry,
     out: Path,
@@ -68,23 +85,19 @@ def tile_entry(
     """Tile one slide into ``out``; return its summary row (raises ``SlideError``)."""
     h5_path = out / "tiles" / f"{entry.slide_id}.h5"
     user_mask = find_user_mask(masks, entry.slide_id)
-    expected = params.hash(mpp_override=entry.mpp, user_mask=str(user_mask or ""))
+    if not overwrite and is_finished(entry, out, params, masks):
+        coords, attrs = load_tiles(h5_path)
+        return {
+            "n_tiles": len(coords),
+            "tissue_mm2": attrs["tissue_mm2"],
+            "mpp": attrs["slide_mpp"],
+            "mpp_source": attrs["mpp_source"],
+            "backend": attrs.get("backend", ""),
+            "seconds": attrs["seconds"],
+            "reused": True,
+            "path": str(entry.path),
+        }
     if h5_path.exists() and not overwrite:
-        try:
-            coords, attrs = load_tiles(h5_path)
-        except OSError:
-            attrs = {}
-        if attrs.get("params_hash") == expected:
-            return {
-                "n_tiles": len(coords),
-                "tissue_mm2": attrs["tissue_mm2"],
-                "mpp": attrs["slide_mpp"],
-                "mpp_source": attrs["mpp_source"],
-                "backend": attrs.get("backend", ""),
-                "seconds": attrs["seconds"],
-                "reused": True,
-                "path": str(entry.path),
-            }
         log.info("%s: parameters changed since the last run; tiling again", entry.slide_id)
     start = time.perf_counter()
     with Slide(entry.path, mpp=entry.mpp, backend=backend) as slide:
@@ -127,9 +140,12 @@ def tile_slides(
     """Tile ``entries`` into ``out`` and write ``tiling_summary.csv``; return its rows."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    masks = Path(masks) if masks else None
+    # finished slides are summarised here; only the rest go to worker processes
+    todo = [e for e in entries if overwrite or not is_finished(e, out, params, masks)]
     rows = run_slides(
         tile_entry,
-        entries,
+        todo,
         workers=workers,
         progress=progress,
         desc="tiling",
@@ -137,10 +153,18 @@ def tile_slides(
         params=params,
         overwrite=overwrite,
         backend=backend,
-        masks=Path(masks) if masks else None,
+        masks=masks,
         mask_mode=mask_mode,
     )
-    for row, entry in zip(rows, entries, strict=True):
+    done = {row["slide_id"]: row for row in rows}
+    rows = []
+    for entry in entries:
+        row = done.get(entry.slide_id) or {
+            "slide_id": entry.slide_id,
+            "status": "ok",
+            **tile_entry(entry, out, params, backend=backend, masks=masks, mask_mode=mask_mode),
+        }
         row.setdefault("path", str(entry.path))
+        rows.append(row)
     write_summary(out / "tiling_summary.csv", rows, SUMMARY_COLUMNS)
     return rows

@@ -33,9 +33,14 @@ def bare_write_rate(path: Path, width: int, height: int) -> float:
     start = time.perf_counter()
     with tifffile.TiffWriter(path) as tif:
         tif.write(
-            (tile for _ in range(n)), shape=(height, width, 3), dtype=np.uint8, tile=(256, 256),
-            photometric="rgb", compression="jpeg", compressionargs={"level": 90},
-        )  # fmt: skip
+            (tile for _ in range(n)),
+            shape=(height, width, 3),
+            dtype=np.uint8,
+            tile=(256, 256),
+            photometric="rgb",
+            compression="jpeg",
+            compressionargs={"level": 90},
+        )
     seconds = time.perf_counter() - start
     return path.stat().st_size / 1e6 / seconds
 

@@ -59,7 +59,13 @@ def test_invalid_knowledge_bases_are_rejected_with_the_reason(tmp_path, edit, me
 
 def test_aliases_resolve():
     kb = load_knowledge()
-    for name, key in [("hCaldesmon", "h_caldesmon"), ("Caldesmon", "h_caldesmon"),
-                      ("h-caldesmon", "h_caldesmon"), ("TTF-1", "TTF1"), ("mart-1", "MelanA"),
-                      ("STAT6", "STAT6_nuclear"), ("nope", None)]:  # fmt: skip
+    for name, key in [
+        ("hCaldesmon", "h_caldesmon"),
+        ("Caldesmon", "h_caldesmon"),
+        ("h-caldesmon", "h_caldesmon"),
+        ("TTF-1", "TTF1"),
+        ("mart-1", "MelanA"),
+        ("STAT6", "STAT6_nuclear"),
+        ("nope", None),
+    ]:
         assert kb.resolve_marker(name) == key

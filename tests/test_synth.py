@@ -167,8 +167,14 @@ def _texture_features(tile: np.ndarray) -> list[float]:
     blobs = [p for p in measure.regionprops(measure.label(g < np.percentile(g, 25))) if p.area > 8]
     ecc = [p.eccentricity for p in blobs] or [0.0]
     area = [p.area for p in blobs] or [0.0]
-    return [coherence.mean(), np.percentile(coherence, 75), np.mean(ecc), np.median(area),
-            np.std(area) / (np.mean(area) + 1), len(area)]  # fmt: skip
+    return [
+        coherence.mean(),
+        np.percentile(coherence, 75),
+        np.mean(ecc),
+        np.median(area),
+        np.std(area) / (np.mean(area) + 1),
+        len(area),
+    ]
 
 
 def _colour_features(tile: np.ndarray) -> np.ndarray:

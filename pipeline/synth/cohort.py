@@ -39,10 +39,22 @@ ENTITY_CHOICES = {
 }
 BASE_PANEL = ("desmin", "SMA", "EMA", "S100", "CD34")
 EXTRA_MARKERS = {
-    "h_caldesmon": 0.6, "STAT6_nuclear": 0.6, "SSTR2A": 0.5, "PR": 0.6, "vimentin": 0.5,
-    "SOX10": 0.35, "calponin": 0.3, "myogenin": 0.25, "MyoD1_nuclear": 0.2, "CD31": 0.25,
-    "ERG": 0.2, "GFAP": 0.3, "panCK_AE1AE3": 0.35, "TLE1": 0.2, "H3K27me3_loss": 0.2,
-}  # fmt: skip
+    "h_caldesmon": 0.6,
+    "STAT6_nuclear": 0.6,
+    "SSTR2A": 0.5,
+    "PR": 0.6,
+    "vimentin": 0.5,
+    "SOX10": 0.35,
+    "calponin": 0.3,
+    "myogenin": 0.25,
+    "MyoD1_nuclear": 0.2,
+    "CD31": 0.25,
+    "ERG": 0.2,
+    "GFAP": 0.3,
+    "panCK_AE1AE3": 0.35,
+    "TLE1": 0.2,
+    "H3K27me3_loss": 0.2,
+}
 """Markers beyond the base panel and how often each is ordered."""
 
 
@@ -103,8 +115,8 @@ def plan_cohort(params: CohortParams, out: Path) -> list[SlidePlan]:
         groups = [slides[2 * k : 2 * k + 2] for k in range(n_pairs)]
         groups += [[s] for s in slides[2 * n_pairs :]]
         order = rng.permutation(len(groups))
-        n_test = max(1, round(len(groups) * 0.25)) if len(groups) >= 3 else 0
-        n_val = max(1, round(len(groups) * 0.25)) if len(groups) >= 3 else 0
+        n_test = max(1, int(len(groups) * 0.2)) if len(groups) >= 3 else 0
+        n_val = max(1, int(len(groups) * 0.2)) if len(groups) >= 3 else 0
         choices = ENTITY_CHOICES[label]
         offset = int(rng.integers(len(choices)))
         for rank, g in enumerate(order):
@@ -270,9 +282,14 @@ def make_cohort(
     plans = plan_cohort(params, out)
     write_text(out / "cohort.json", json.dumps({"params": asdict(params)}, indent=2) + "\n")
     rows = run_slides(
-        render_slide, plans, workers=workers, progress=progress, desc="synth", params=params,
+        render_slide,
+        plans,
+        workers=workers,
+        progress=progress,
+        desc="synth",
+        params=params,
         overwrite=overwrite,
-    )  # fmt: skip
+    )
     failed = [r for r in rows if r["status"] == "error"]
     if failed:
         raise UsageError("could not write slides:\n" + "\n".join(r["error"] for r in failed))
@@ -298,10 +315,16 @@ def make_cohort(
         ihc_rows += [{"slide_id": p.slide_id, **row} for row in panels[p.patient_id]]
     write_text(out / "ihc.csv", _csv(ihc_rows, ["slide_id", "marker", "result", "percent"]))
     cases = [
-        {"slide_id": p.slide_id, "patient_id": p.patient_id, "label": p.label, "entity": p.entity,
-         "split": p.split, "seed": p.seed}
+        {
+            "slide_id": p.slide_id,
+            "patient_id": p.patient_id,
+            "label": p.label,
+            "entity": p.entity,
+            "split": p.split,
+            "seed": p.seed,
+        }
         for p in plans
-    ]  # fmt: skip
+    ]
     columns = ["slide_id", "patient_id", "label", "entity", "split", "seed"]
     write_text(out / "cases.csv", _csv(cases, columns))
     save_png(out / "preview.png", contact_sheet(plans, params))
