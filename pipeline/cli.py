@@ -209,6 +209,86 @@ def _run_embed(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+SLIDE_SUFFIXES = {
+    ".svs",
+    ".tif",
+    ".tiff",
+    ".ndpi",
+    ".mrxs",
+    ".scn",
+    ".bif",
+    ".vms",
+    ".vmu",
+    ".svslide",
+    ".dcm",
+    ".png",
+    ".jpg",
+    ".jpeg",
+}
+
+
+def _add_predict(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "predict",
+        help="batch inference: calls, heatmaps, QuPath overlays and a report",
+        description="Predict slides with a trained model, fused with their IHC if given.",
+    )
+    p.add_argument("slides", nargs="*", type=Path, help="slide files or folders (or --manifest)")
+    p.add_argument("--manifest", type=Path, help="CSV with slide_id,path[,mpp,...]")
+    p.add_argument("--model", type=Path, required=True, help="model.ckpt from fascicle train")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--ihc", type=Path, help="IHC CSV (long or wide) keyed by slide_id")
+    p.add_argument("--prior", help="named prior of the knowledge base")
+    p.add_argument("--workers", type=int, default=2, help="DataLoader workers (2)")
+    p.add_argument("--batch-size", type=int, default=64, help="tiles per batch (64)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--devices", type=int, default=1, help="processes, one per device (1)")
+    p.add_argument("--shard", default="0/1", help="I/N: this job's share (for array jobs)")
+    p.add_argument("--tiles-dir", type=Path, help="reuse coordinates of an earlier fascicle tile")
+    p.add_argument("--slide-mpp", type=_positive_float, help="override the slides' µm/px")
+    p.add_argument("--overwrite", action="store_true", help="redo finished slides")
+    p.set_defaults(run=_run_predict)
+
+
+def _expand_dirs(paths: list[Path]) -> list[Path]:
+    out = []
+    for path in paths:
+        if path.is_dir():
+            out += sorted(p for p in path.iterdir() if p.suffix.lower() in SLIDE_SUFFIXES)
+        else:
+            out.append(path)
+    return out
+
+
+def _run_predict(args: argparse.Namespace) -> int:
+    from .predict import PredictOptions, predict_on_devices, predict_slides, shard
+
+    args.slides = _expand_dirs(args.slides)
+    entries = _slide_entries(args)
+    try:
+        index, count = (int(v) for v in args.shard.split("/"))
+    except ValueError:
+        raise UsageError(f"--shard {args.shard!r} must look like 0/4") from None
+    entries = shard(entries, index, count)
+    options = PredictOptions(
+        batch_size=args.batch_size,
+        workers=args.workers,
+        device=args.device,
+        prior=args.prior,
+        tiles_dir=str(args.tiles_dir) if args.tiles_dir else None,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+    )
+    if args.devices > 1:
+        rows = predict_on_devices(entries, args.model, args.out, options, args.devices, args.ihc)
+    else:
+        rows = predict_slides(entries, args.model, args.out, options, args.ihc)
+    mine = {e.slide_id for e in entries}
+    rows = [r for r in rows if r["slide_id"] in mine]
+    print(f"report: {args.out / 'report.html'}")
+    return _report(rows, args.out / "summary.csv")
+
+
 def _slide_entries(args: argparse.Namespace):
     from .manifest import entries_from_paths, read_manifest
 
@@ -285,6 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_synth(sub)
     _add_tile(sub)
     _add_ihc(sub)
+    _add_predict(sub)
     _add_config_verb(
         sub, "train", _run_train, "train a slide classifier from a YAML config", "configs/demo.yaml"
     )

@@ -6,6 +6,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pipeline.synth.cohort import CohortParams, make_cohort
+
 from .slides import tissue_image, write_pyramid
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -58,3 +60,31 @@ def textured_tiff(tmp_path_factory) -> Path:
 def textured_even_tiff(tmp_path_factory) -> Path:
     """Size divisible by 4: levels have exact downsamples 2 and 4."""
     return _textured(tmp_path_factory.mktemp("slides") / "even.tiff", 1352, 1040)
+
+
+TINY = CohortParams(
+    n_slides=9, seed=3, slide_size_um=(1400.0, 1000.0), mpp=0.5, difficulty=0.0, artefacts=False
+)
+
+
+@pytest.fixture(scope="session")
+def tiny_cohort(tmp_path_factory):
+    out = tmp_path_factory.mktemp("tiny")
+    make_cohort(out, TINY, workers=2, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_cohort, tmp_path_factory) -> Path:
+    """A model trained for one short epoch on the tiny cohort (enough to test the plumbing)."""
+    from pipeline.config import load_config
+    from pipeline.training import train
+
+    run = tmp_path_factory.mktemp("tiny_run")
+    config = load_config(
+        ROOT / "configs" / "demo.yaml",
+        [f"--data.manifest={tiny_cohort / 'manifest.csv'}", f"--out={run}",
+         "--data.num_workers=0", "--data.tiling_workers=1", "--data.tiles_per_slide=24",
+         "--data.eval_tiles_per_slide=16", "--data.batch_size=24", "--trainer.max_epochs=1"],
+    )  # fmt: skip
+    return train(config, progress=False).model_path

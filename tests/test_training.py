@@ -21,18 +21,6 @@ from pipeline.data import (
 )
 from pipeline.errors import ManifestError, UsageError
 from pipeline.manifest import SlideEntry
-from pipeline.synth.cohort import CohortParams, make_cohort
-
-TINY = CohortParams(
-    n_slides=9, seed=3, slide_size_um=(1400.0, 1000.0), mpp=0.5, difficulty=0.0, artefacts=False
-)
-
-
-@pytest.fixture(scope="module")
-def tiny_cohort(tmp_path_factory):
-    out = tmp_path_factory.mktemp("tiny")
-    make_cohort(out, TINY, workers=2, progress=False)
-    return out
 
 
 def _config(cohort, run, *extra):
