@@ -289,6 +289,106 @@ def _run_predict(args: argparse.Namespace) -> int:
     return _report(rows, args.out / "summary.csv")
 
 
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        help="metrics with bootstrap CIs on held-out slides or a tile bank; a CI gate",
+        description="Evaluate a model; exit 1 when a metric is below its gate.",
+    )
+    p.add_argument("--model", type=Path, required=True)
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--manifest", type=Path, help="held-out slides (split column)")
+    source.add_argument("--tiles", type=Path, help="tile bank .h5 from fascicle export-tiles")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--split", default="test", help="manifest split to evaluate (test)")
+    p.add_argument("--ihc", type=Path, help="IHC CSV, fused into the calls")
+    p.add_argument("--min-balanced-accuracy", type=_fraction)
+    p.add_argument("--min-auroc", type=_fraction)
+    p.add_argument("--bootstrap", type=int, default=1000, help="patient resamples (1000; 0: none)")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--device", default="auto")
+    p.set_defaults(run=_run_evaluate)
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    from .evaluate import Gate, run_evaluation
+
+    doc, failures = run_evaluation(
+        args.model,
+        args.out,
+        Gate(args.min_balanced_accuracy, args.min_auroc),
+        args.manifest,
+        args.tiles,
+        args.split,
+        args.bootstrap,
+        args.ihc,
+        args.workers,
+        args.device,
+        progress=not args.quiet,
+    )
+    for level, report in doc["levels"].items():
+        m, ci = report["metrics"], report["ci95"]
+        bal = ci.get("balanced_accuracy", [float("nan")] * 2)
+        print(
+            f"{level} level ({report['n']} {level}s, {report['n_patients']} patients): "
+            f"balanced accuracy {m['balanced_accuracy']:.3f} [{bal[0]:.3f}, {bal[1]:.3f}], "
+            f"macro AUROC {m['auroc_macro']:.3f}"
+        )
+    print(f"metrics: {args.out / 'metrics.json'}")
+    for failure in failures:
+        print(f"gate failed: {failure}", file=sys.stderr)
+    return EXIT_PARTIAL if failures else EXIT_OK
+
+
+def _add_export_tiles(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "export-tiles",
+        help="write labelled tiles of held-out slides to a tile bank (.h5) for CI",
+        description="Export labelled tiles so CI can evaluate without the slides.",
+    )
+    p.add_argument("--manifest", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True, help="bank file, e.g. bank.h5")
+    p.add_argument("--model", type=Path, help="take tile px and mpp from this model")
+    p.add_argument("--tile-px", type=int, default=224)
+    p.add_argument("--mpp", type=_positive_float, default=0.5)
+    p.add_argument("--per-slide", type=int, default=64, help="tiles per slide (64)")
+    p.add_argument("--split", default="test")
+    p.set_defaults(run=_run_export_tiles)
+
+
+def _run_export_tiles(args: argparse.Namespace) -> int:
+    from .evaluate import export_tiles
+
+    tile_px, mpp = args.tile_px, args.mpp
+    if args.model:
+        from models.checkpoint import read_model_file
+
+        h = read_model_file(args.model)["hyper_parameters"]
+        tile_px, mpp = h["tile_px"], h["target_mpp"]
+    path = export_tiles(
+        args.manifest, args.out, tile_px, mpp, args.per_slide, args.split, progress=not args.quiet
+    )
+    print(f"tile bank: {path}")
+    return EXIT_OK
+
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "demo",
+        help="the whole pipeline on a synthetic cohort, on CPU, in minutes",
+        description="synth -> tile -> train -> evaluate -> predict with IHC, then where to look.",
+    )
+    p.add_argument("--out", type=Path, default=Path("demo_out"))
+    p.set_defaults(run=_run_demo)
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    _quiet_lightning(args.verbose)
+    return run_demo(args.out, progress=not args.quiet)
+
+
 def _slide_entries(args: argparse.Namespace):
     from .manifest import entries_from_paths, read_manifest
 
@@ -366,6 +466,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_tile(sub)
     _add_ihc(sub)
     _add_predict(sub)
+    _add_evaluate(sub)
+    _add_export_tiles(sub)
+    _add_demo(sub)
     _add_config_verb(
         sub, "train", _run_train, "train a slide classifier from a YAML config", "configs/demo.yaml"
     )
