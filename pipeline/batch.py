@@ -98,15 +98,22 @@ def run_slides(
     return [rows[e.slide_id] for e in entries]
 
 
+def csv_text(rows: Sequence[dict], columns: Sequence[str]) -> str:
+    """CSV with ``columns`` (keys missing from a row are left empty, extra keys ignored)."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(
+        buffer, fieldnames=list(columns), lineterminator="\n", extrasaction="ignore"
+    )
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
 def write_summary(path: str | Path, rows: Sequence[dict], columns: Sequence[str]) -> None:
     """Write ``rows`` as CSV (atomically) with ``columns`` first, extra keys after."""
     extra = sorted({k for row in rows for k in row} - set(columns))
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=[*columns, *extra], lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: _cell(v) for k, v in row.items()})
-    write_text(path, buffer.getvalue())
+    cells = [{k: _cell(v) for k, v in row.items()} for row in rows]
+    write_text(path, csv_text(cells, [*columns, *extra]))
 
 
 def _cell(value: object) -> object:

@@ -104,14 +104,7 @@ def prepare_slides(config: RunConfig, run_dir: Path, progress: bool = True) -> l
                 f"{entry.slide_id}: no tiles after tiling (check qc/{entry.slide_id}.png)"
             )
             continue
-        spec = TileSpec(
-            target_mpp=float(attrs["target_mpp"]),
-            tile_px=int(attrs["tile_px"]),
-            level=int(attrs["patch_level"]),
-            patch_size=int(attrs["patch_size"]),
-            patch_size_level0=int(attrs["patch_size_level0"]),
-            stride_level0=int(attrs["stride_level0"]),
-        )
+        spec = TileSpec.from_attrs(attrs)
         label = d.classes.index(entry.label) if entry.label in d.classes else -1
         slides.append(SlideTiles(entry, label, splits[entry.slide_id], coords, spec))
     for c in d.classes:

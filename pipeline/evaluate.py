@@ -9,8 +9,6 @@ aggregated per slide. Every metric gets a patient-level bootstrap 95% interval. 
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .atomic import atomic_path, write_text
+from .batch import csv_text
 from .errors import UsageError
 from .manifest import SlideEntry, read_manifest
 
@@ -46,14 +45,6 @@ def held_out(entries: list[SlideEntry], split: str | None) -> list[SlideEntry]:
     if split and any(e.split for e in labelled):
         return [e for e in labelled if e.split == split]
     return labelled
-
-
-def _csv(rows: list[dict], columns: list[str]) -> str:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n", extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buffer.getvalue()
 
 
 def _report(out: Path, level: str, probs, labels, groups, classes, decided, n_boot, ids) -> dict:
@@ -109,7 +100,7 @@ def evaluate_slides(
         for e in entries
     ]
     write_text(
-        out / "held_out.csv", _csv(held, ["slide_id", "path", "label", "patient_id", "split"])
+        out / "held_out.csv", csv_text(held, ["slide_id", "path", "label", "patient_id", "split"])
     )
     predict_slides(entries, model, out / "predictions", options, ihc)
     rows, probs, labels, groups, decided = [], [], [], [], []
@@ -150,7 +141,7 @@ def evaluate_slides(
         *[f"prob_{c}" for c in classes],
         "error",
     ]
-    write_text(out / "predictions.csv", _csv(rows, columns))
+    write_text(out / "predictions.csv", csv_text(rows, columns))
     if not probs:
         raise UsageError("every held-out slide failed; see predictions.csv")
     report = _report(
@@ -213,14 +204,7 @@ def export_tiles(
         meta: dict[str, list] = {"label": [], "slide_id": [], "patient_id": [], "x": [], "y": []}
         for e in tqdm(entries, desc="export", unit="slide", disable=not progress):
             coords, attrs = load_tiles(work / "tiles" / f"{e.slide_id}.h5")
-            spec = TileSpec(
-                attrs["target_mpp"],
-                attrs["tile_px"],
-                attrs["patch_level"],
-                attrs["patch_size"],
-                attrs["patch_size_level0"],
-                attrs["stride_level0"],
-            )
+            spec = TileSpec.from_attrs(attrs)
             pick = np.sort(rng.choice(len(coords), min(per_slide, len(coords)), replace=False))
             with Slide(e.path, mpp=e.mpp) as slide:
                 block = np.stack([read_tile(slide, int(x), int(y), spec) for x, y in coords[pick]])
@@ -325,7 +309,7 @@ def evaluate_tiles(
     ]
     write_text(
         out / "predictions.csv",
-        _csv(rows, ["slide_id", "label", "predicted", *[f"prob_{c}" for c in k]]),
+        csv_text(rows, ["slide_id", "label", "predicted", *[f"prob_{c}" for c in k]]),
     )
     return {"tile": tile_report, "slide": slide_report}
 

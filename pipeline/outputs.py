@@ -10,7 +10,6 @@ and ``report.html`` (one self-contained page: images inlined, no network).
 from __future__ import annotations
 
 import base64
-import csv
 import html
 import io
 import json
@@ -20,6 +19,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from .atomic import atomic_path, write_text
+from .batch import csv_text
 
 COLOURS = [
     (214, 39, 40),
@@ -46,14 +46,6 @@ SUMMARY_COLUMNS = [
 ]
 
 
-def _csv_text(rows: list[dict], columns: list[str]) -> str:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n", extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buffer.getvalue()
-
-
 def write_slide_outputs(
     folder: Path,
     entry,
@@ -78,7 +70,7 @@ def write_slide_outputs(
         rows.append(row)
     columns = ["x", "y", "width", "height", *[f"prob_{c}" for c in classes]]
     columns += ["attention"] if attention is not None else []
-    write_text(folder / "tiles.csv", _csv_text(rows, columns))
+    write_text(folder / "tiles.csv", csv_text(rows, columns))
     write_text(
         folder / "tiles.geojson",
         json.dumps(geojson(coords, size, probs, classes, attention, bounds)),
@@ -209,7 +201,7 @@ def write_summary_csv(out: Path) -> list[dict]:
     """``summary.csv`` from every ``result.json`` under ``out`` (all shards together)."""
     rows = [summary_row(r) for r in _results(out)]
     extra = sorted({k for row in rows for k in row} - set(SUMMARY_COLUMNS))
-    write_text(out / "summary.csv", _csv_text(rows, SUMMARY_COLUMNS + extra))
+    write_text(out / "summary.csv", csv_text(rows, SUMMARY_COLUMNS + extra))
     return rows
 
 

@@ -185,14 +185,7 @@ def _tiles_for(entry: SlideEntry, loaded: LoadedModel, options: PredictOptions, 
         tile_entry(entry, source, params, overwrite=False)
     coords, attrs = load_tiles(source / "tiles" / f"{entry.slide_id}.h5")
     timings["tile"] = time.perf_counter() - start
-    spec = TileSpec(
-        target_mpp=float(attrs["target_mpp"]),
-        tile_px=int(attrs["tile_px"]),
-        level=int(attrs["patch_level"]),
-        patch_size=int(attrs["patch_size"]),
-        patch_size_level0=int(attrs["patch_size_level0"]),
-        stride_level0=int(attrs["stride_level0"]),
-    )
+    spec = TileSpec.from_attrs(attrs)
     with Slide(entry.path, mpp=entry.mpp) as slide:
         bounds = slide.bounds
     return coords, spec, attrs, params, source, bounds

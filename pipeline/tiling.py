@@ -62,6 +62,18 @@ class TileSpec:
     stride_level0: int
 
     @classmethod
+    def from_attrs(cls, attrs: dict) -> TileSpec:
+        """The spec stored in a tiles ``.h5`` (see ``save_tiles``)."""
+        return cls(
+            target_mpp=float(attrs["target_mpp"]),
+            tile_px=int(attrs["tile_px"]),
+            level=int(attrs["patch_level"]),
+            patch_size=int(attrs["patch_size"]),
+            patch_size_level0=int(attrs["patch_size_level0"]),
+            stride_level0=int(attrs["stride_level0"]),
+        )
+
+    @classmethod
     def for_slide(cls, slide: Slide, params: TilingParams) -> TileSpec:
         level = slide.best_level_for_mpp(params.target_mpp)
         ds = slide.level_downsamples[level]

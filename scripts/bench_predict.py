@@ -160,14 +160,7 @@ def main() -> None:
     from pipeline.tiling import TileSpec, load_tiles
 
     coords, attrs = load_tiles(work / "out" / "tiles" / "tiles" / f"{entry.slide_id}.h5")
-    spec = TileSpec(
-        attrs["target_mpp"],
-        attrs["tile_px"],
-        attrs["patch_level"],
-        attrs["patch_size"],
-        attrs["patch_size_level0"],
-        attrs["stride_level0"],
-    )
+    spec = TileSpec.from_attrs(attrs)
     read = read_only_rate(entry, coords, spec, loaded.hparams, args.workers, args.batch_size)
     model, _ = load_model(model_path)
     compute = model_only_rate(model, args.tile_px, args.batch_size, args.device)

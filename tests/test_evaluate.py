@@ -105,14 +105,7 @@ def test_tile_bank_round_trip(bank, tiny_cohort):
     assert set(classes) == set(CLASSES) and len(set(slides)) == 3  # one test slide per class
     first = slides[0]
     _, attrs = load_tiles(bank.parent / ".bank_tiles" / "tiles" / f"{first}.h5")
-    spec = TileSpec(
-        attrs["target_mpp"],
-        attrs["tile_px"],
-        attrs["patch_level"],
-        attrs["patch_size"],
-        attrs["patch_size_level0"],
-        attrs["stride_level0"],
-    )
+    spec = TileSpec.from_attrs(attrs)
     with Slide(tiny_cohort / "slides" / f"{first}.tiff") as slide:
         np.testing.assert_array_equal(images[0], read_tile(slide, *coords[0], spec))
 

@@ -8,8 +8,6 @@ each case's entity), ``DIR/cases.csv`` (entity and seed of every slide), ``DIR/c
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -18,6 +16,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..atomic import write_text
+from ..batch import csv_text
 from ..errors import UsageError
 from ..knowledge import KnowledgeBase, load_knowledge
 from .layout import MAP_UM, make_layout
@@ -189,14 +188,6 @@ def sample_ihc(plan: SlidePlan, kb: KnowledgeBase, rng: np.random.Generator) -> 
     return rows
 
 
-def _csv(rows: list[dict], columns: list[str]) -> str:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buffer.getvalue()
-
-
 def representative_tile(plan: SlidePlan, params: CohortParams, size_px: int = 384) -> np.ndarray:
     """A tumour-only region of the slide at its native resolution, for the contact sheet."""
     renderer = renderer_for(plan, params)
@@ -304,7 +295,8 @@ def make_cohort(
         for p in plans
     ]
     write_text(
-        out / "manifest.csv", _csv(manifest, ["slide_id", "path", "label", "patient_id", "split"])
+        out / "manifest.csv",
+        csv_text(manifest, ["slide_id", "path", "label", "patient_id", "split"]),
     )
     ihc_rows: list[dict] = []
     panels: dict[str, list[dict]] = {}
@@ -313,7 +305,7 @@ def make_cohort(
             rng = np.random.default_rng(_seed(params.seed, 3, int(p.patient_id[2:])))
             panels[p.patient_id] = sample_ihc(p, kb, rng)
         ihc_rows += [{"slide_id": p.slide_id, **row} for row in panels[p.patient_id]]
-    write_text(out / "ihc.csv", _csv(ihc_rows, ["slide_id", "marker", "result", "percent"]))
+    write_text(out / "ihc.csv", csv_text(ihc_rows, ["slide_id", "marker", "result", "percent"]))
     cases = [
         {
             "slide_id": p.slide_id,
@@ -326,6 +318,6 @@ def make_cohort(
         for p in plans
     ]
     columns = ["slide_id", "patient_id", "label", "entity", "split", "seed"]
-    write_text(out / "cases.csv", _csv(cases, columns))
+    write_text(out / "cases.csv", csv_text(cases, columns))
     save_png(out / "preview.png", contact_sheet(plans, params))
     return plans
