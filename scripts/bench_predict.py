@@ -165,7 +165,24 @@ def main() -> None:
     model, _ = load_model(model_path)
     compute = model_only_rate(model, args.tile_px, args.batch_size, args.device)
     # end to end without the one-off tiling (done above) and output writing
+    smi = None
+    if args.device.startswith("cuda"):
+        smi = subprocess.Popen(
+            [
+                "nvidia-smi",
+                "--query-gpu=utilization.gpu",
+                "--format=csv,noheader,nounits",
+                "-lms",
+                "200",
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
     again = predict_slide(entry, loaded, options, work / "out2", None, "")
+    util = []
+    if smi is not None:
+        smi.terminate()
+        util = [int(v) for v in smi.communicate()[0].split() if v.isdigit()]
     t2 = again["provenance"]["timings_s"]
     e2e = n / (t2["read_decode"] + t2["model"])
     rss = {
@@ -188,6 +205,9 @@ def main() -> None:
     )
     if args.device.startswith("cuda"):
         print(f"  GPU: {torch.cuda.get_device_name()}")
+        if util:
+            median = sorted(util)[len(util) // 2]
+            print(f"  GPU utilisation during predict: median {median}%, max {max(util)}%")
     if args.json:
         args.json.write_text(
             json.dumps(
