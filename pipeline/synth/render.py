@@ -143,6 +143,13 @@ class SlideRenderer:
             u = rng.random(len(x))
             return st > u, (ne > u) & ~(st > u), (ha > u) & ~(st > u) & ~(ne > u)
 
+        def placed(density: float, region: str):
+            """Positions in ``region`` (tumour, stroma or necrosis) at ``density`` per µm²."""
+            x, y = positions(density)
+            st, ne, ha = regions(x, y)
+            keep = {"tumour": ~(st | ne | ha), "stroma": st, "necrosis": ne}[region]
+            return x[keep], y[keep]
+
         # tumour nuclei (thinned where stroma, necrosis or haemorrhage take over)
         x, y = positions(m.density * 1.4)
         cell = self._sample_map("cellularity", x, y)
@@ -188,10 +195,7 @@ class SlideRenderer:
                 3,
             )
         # fibres: eosinophilic cytoplasm (tumour) and collagen (stroma)
-        fx, fy = positions(m.fibre_density)
-        st, ne, ha = regions(fx, fy)
-        sel = ~(st | ne | ha)
-        fx, fy = fx[sel], fy[sel]
+        fx, fy = placed(m.fibre_density, "tumour")
         nf = len(fx)
         coh = self._sample_map("coherence", fx, fy)
         ftheta = self._sample_map("angle", fx, fy) + rng.uniform(-1, 1, nf) * (
@@ -207,9 +211,7 @@ class SlideRenderer:
             m.fibre_amp * rng.uniform(0.5, 1.5, nf),
             1,
         )
-        cx, cy = positions(0.003)
-        st, _, _ = regions(cx, cy)
-        cx, cy = cx[st], cy[st]
+        cx, cy = placed(0.003, "stroma")
         nc = len(cx)
         wave = np.pi * self._sample_map("angle", cx, cy) * 0.2
         add(
@@ -222,9 +224,7 @@ class SlideRenderer:
             rng.uniform(0.25, 0.45, nc),
             1,
         )
-        sx, sy = positions(0.0005)
-        st, _, _ = regions(sx, sy)
-        sx, sy = sx[st], sy[st]
+        sx, sy = placed(0.0005, "stroma")
         ns = len(sx)
         add(
             ns,
@@ -237,9 +237,7 @@ class SlideRenderer:
             0,
         )
         # necrosis: nuclear dust and ghost nuclei
-        dx, dy = positions(0.006)
-        _, ne, _ = regions(dx, dy)
-        dx, dy = dx[ne], dy[ne]
+        dx, dy = placed(0.006, "necrosis")
         nd = len(dx)
         add(
             nd,
@@ -251,9 +249,7 @@ class SlideRenderer:
             rng.uniform(1.0, 1.8, nd),
             4,
         )
-        gx, gy = positions(0.0015)
-        _, ne, _ = regions(gx, gy)
-        gx, gy = gx[ne], gy[ne]
+        gx, gy = placed(0.0015, "necrosis")
         ng = len(gx)
         add(
             ng,
