@@ -63,6 +63,7 @@ def _train(cohort, run, manifest, epochs=5):
             "--data.eval_tiles_per_slide=32",
             "--data.batch_size=32",
             f"--trainer.max_epochs={epochs}",
+            "--trainer.deterministic=true",
             f"--data.tiles_dir={cohort / 'tiles_cache'}",
         ],
     )
@@ -168,7 +169,8 @@ def test_gate_passes_a_working_pipeline_and_fails_shuffled_labels(gate_cohort, t
         + "\n"
     )
     bad = _train(tiny_cohort, tmp_path / "bad", broken, epochs=8)
-    gate = ["--min-balanced-accuracy", "0.6", "--bootstrap", "200"]
+    # chance is 1/3; seen: working 0.59-0.82 (AUROC 0.90-0.94), labels shifted 0.04 (AUROC 0.20)
+    gate = ["--min-balanced-accuracy", "0.4", "--min-auroc", "0.7", "--bootstrap", "200"]
     assert (
         main(
             [
