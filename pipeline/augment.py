@@ -114,8 +114,13 @@ def build_transform(
     std: list[float],
     train: bool,
     macenko: dict | None = None,
+    seed: int | None = None,
 ) -> A.Compose:
-    """The training (augmenting) or evaluation transform."""
+    """The training (augmenting) or evaluation transform.
+
+    albumentations keeps its own random state: ``seed`` makes augmentation reproducible in
+    one process, and ``pipeline.data.worker_init`` gives each DataLoader worker its own seed.
+    """
     steps: list = []
     if macenko:
         steps.append(_Normalise(Macenko(**macenko)))
@@ -139,4 +144,4 @@ def build_transform(
         if config.blur > 0:
             steps.append(A.GaussianBlur(blur_limit=(3, 5), p=config.blur))
     steps += [A.Normalize(mean=mean, std=std, max_pixel_value=255.0), ToTensorV2()]
-    return A.Compose(steps)
+    return A.Compose(steps, seed=seed)

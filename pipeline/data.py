@@ -168,12 +168,17 @@ class TileDataset(Dataset):
 
 
 def worker_init(_: int) -> None:
-    """One thread per DataLoader worker for OpenCV and BLAS: N workers on N cores, not N²."""
+    """One thread per DataLoader worker for OpenCV and BLAS (N workers on N cores, not N²),
+    and a distinct, reproducible augmentation seed per worker (from torch's worker seed)."""
     import cv2
     from threadpoolctl import threadpool_limits
 
     cv2.setNumThreads(1)
     threadpool_limits(1)
+    info = torch.utils.data.get_worker_info()
+    transform = getattr(info.dataset, "transform", None) if info else None
+    if hasattr(transform, "set_random_seed"):
+        transform.set_random_seed(int(info.seed % 2**32))
 
 
 def collate(batch: list[dict | None]) -> dict:

@@ -151,7 +151,9 @@ def _train_tiles(config: RunConfig, run_dir: Path, progress: bool) -> TrainResul
     datamodule = TileDataModule(
         config,
         slides,
-        build_transform(config.augment, hparams["mean"], hparams["std"], True, macenko),
+        build_transform(
+            config.augment, hparams["mean"], hparams["std"], True, macenko, config.seed
+        ),
         build_transform(config.augment, hparams["mean"], hparams["std"], False, macenko),
     )
     trainer, checkpoint = _trainer(config, run_dir, "val/slide_balanced_accuracy", progress)

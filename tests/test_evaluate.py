@@ -152,7 +152,7 @@ def test_gate_passes_a_working_pipeline_and_fails_shuffled_labels(gate_cohort, t
         )
         == 0
     )
-    good = _train(tiny_cohort, tmp_path / "good", manifest, epochs=8)
+    good = _train(tiny_cohort, tmp_path / "good", manifest, epochs=12)
     rows = manifest.read_text().splitlines()
     shift = {c: CLASSES[(i + 1) % 3] for i, c in enumerate(CLASSES)}  # every label wrong
     broken = tiny_cohort / "broken_labels.csv"
@@ -169,8 +169,9 @@ def test_gate_passes_a_working_pipeline_and_fails_shuffled_labels(gate_cohort, t
         + "\n"
     )
     bad = _train(tiny_cohort, tmp_path / "bad", broken, epochs=8)
-    # chance is 1/3; seen: working 0.59-0.82 (AUROC 0.90-0.94), labels shifted 0.04 (AUROC 0.20)
-    gate = ["--min-balanced-accuracy", "0.4", "--min-auroc", "0.7", "--bootstrap", "200"]
+    # chance is 1/3; training is seeded and deterministic (augmentation included): the working
+    # model scores 0.92 (AUROC 0.99), the one trained on shifted labels 0.15 (AUROC 0.30)
+    gate = ["--min-balanced-accuracy", "0.6", "--min-auroc", "0.8", "--bootstrap", "200"]
     assert (
         main(
             [
