@@ -47,7 +47,7 @@ def held_out(entries: list[SlideEntry], split: str | None) -> list[SlideEntry]:
     return labelled
 
 
-def _report(out: Path, level: str, probs, labels, groups, classes, decided, n_boot, ids) -> dict:
+def _report(out: Path, level: str, probs, labels, groups, classes, decided, n_boot) -> dict:
     from .metrics_report import bootstrap, confusion, point_metrics, save_plots
 
     metrics = point_metrics(probs, labels, classes, decided)
@@ -153,7 +153,6 @@ def evaluate_slides(
         classes,
         np.array(decided),
         n_boot,
-        None,
     )
     report["failed_slides"] = [r["slide_id"] for r in rows if r["status"] != "ok"]
     return report
@@ -285,7 +284,7 @@ def evaluate_tiles(
                 probs.append(model(x).softmax(1).numpy())
     probs = np.concatenate(probs)
     k = h["classes"]
-    tile_report = _report(out, "tile", probs, labels, patients, k, None, n_boot, None)
+    tile_report = _report(out, "tile", probs, labels, patients, k, None, n_boot)
     ids = sorted(set(slides))
     slide_probs = np.array(
         [
@@ -295,9 +294,7 @@ def evaluate_tiles(
     )
     slide_labels = np.array([labels[slides == s][0] for s in ids])
     slide_groups = np.array([patients[slides == s][0] for s in ids])
-    slide_report = _report(
-        out, "slide", slide_probs, slide_labels, slide_groups, k, None, n_boot, ids
-    )
+    slide_report = _report(out, "slide", slide_probs, slide_labels, slide_groups, k, None, n_boot)
     rows = [
         {
             "slide_id": s,

@@ -11,9 +11,11 @@ Usage: python scripts/bench_gpu.py [--backbone resnet50] [--tile-px 224] [--batc
 from __future__ import annotations
 
 import argparse
+import contextlib
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -32,6 +34,28 @@ def hparams(backbone: str) -> dict:
         "weight_decay": 1e-4,
         "warmup_epochs": 0,
     }
+
+
+@contextlib.contextmanager
+def gpu_utilisation() -> Iterator[list[int]]:
+    """GPU utilisation (%) sampled by nvidia-smi every 200 ms while the block runs."""
+    samples: list[int] = []
+    smi = subprocess.Popen(
+        [
+            "nvidia-smi",
+            "--query-gpu=utilization.gpu",
+            "--format=csv,noheader,nounits",
+            "-lms",
+            "200",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        yield samples
+    finally:
+        smi.terminate()
+        samples += [int(v) for v in smi.communicate()[0].split() if v.isdigit()]
 
 
 def rate(fn, batch: int, steps: int) -> float:
@@ -85,20 +109,8 @@ def main() -> None:
     t16 = rate(train(True), args.batch, args.steps)
     model.eval()
     i32 = rate(infer(False), args.batch, args.steps)
-    smi = subprocess.Popen(
-        [
-            "nvidia-smi",
-            "--query-gpu=utilization.gpu",
-            "--format=csv,noheader,nounits",
-            "-lms",
-            "200",
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    i16 = rate(infer(True), args.batch, args.steps * 3)
-    smi.terminate()
-    util = [int(v) for v in smi.communicate()[0].split() if v.isdigit()]
+    with gpu_utilisation() as util:
+        i16 = rate(infer(True), args.batch, args.steps * 3)
     print(
         f"{torch.cuda.get_device_name()}: {args.backbone} at {args.tile_px} px, batch {args.batch}"
     )

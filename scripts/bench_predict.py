@@ -13,6 +13,7 @@ Usage: python scripts/bench_predict.py [--backbone small_cnn --tile-px 96 --mpp 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import subprocess
 import sys
@@ -25,6 +26,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench_gpu import gpu_utilisation  # noqa: E402
 from bench_tiling import make_slide  # noqa: E402
 
 from pipeline.manifest import SlideEntry  # noqa: E402
@@ -165,24 +167,9 @@ def main() -> None:
     model, _ = load_model(model_path)
     compute = model_only_rate(model, args.tile_px, args.batch_size, args.device)
     # end to end without the one-off tiling (done above) and output writing
-    smi = None
-    if args.device.startswith("cuda"):
-        smi = subprocess.Popen(
-            [
-                "nvidia-smi",
-                "--query-gpu=utilization.gpu",
-                "--format=csv,noheader,nounits",
-                "-lms",
-                "200",
-            ],
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-    again = predict_slide(entry, loaded, options, work / "out2", None, "")
-    util = []
-    if smi is not None:
-        smi.terminate()
-        util = [int(v) for v in smi.communicate()[0].split() if v.isdigit()]
+    sampler = gpu_utilisation() if args.device.startswith("cuda") else contextlib.nullcontext([])
+    with sampler as util:
+        again = predict_slide(entry, loaded, options, work / "out2", None, "")
     t2 = again["provenance"]["timings_s"]
     e2e = n / (t2["read_decode"] + t2["model"])
     rss = {

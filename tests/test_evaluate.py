@@ -70,28 +70,16 @@ def _train(cohort, run, manifest, epochs=5):
     return train(config, progress=False).model_path
 
 
+def _export(manifest, bank) -> None:
+    """A tile bank of 48 tiles per held-out slide, 96 px at 1 µm/px (the demo config's)."""
+    args = ["-q", "export-tiles", "--manifest", str(manifest), "--out", str(bank)]
+    assert main([*args, "--tile-px", "96", "--mpp", "1.0", "--per-slide", "48"]) == 0
+
+
 @pytest.fixture(scope="module")
 def bank(tiny_cohort, tmp_path_factory):
     path = tmp_path_factory.mktemp("bank") / "bank.h5"
-    assert (
-        main(
-            [
-                "-q",
-                "export-tiles",
-                "--manifest",
-                str(tiny_cohort / "manifest.csv"),
-                "--out",
-                str(path),
-                "--tile-px",
-                "96",
-                "--mpp",
-                "1.0",
-                "--per-slide",
-                "48",
-            ]
-        )
-        == 0
-    )
+    _export(tiny_cohort / "manifest.csv", path)
     return path
 
 
@@ -133,25 +121,7 @@ def test_gate_passes_a_working_pipeline_and_fails_shuffled_labels(gate_cohort, t
     tiny_cohort = gate_cohort
     manifest = tiny_cohort / "manifest.csv"
     bank = tmp_path / "bank.h5"
-    assert (
-        main(
-            [
-                "-q",
-                "export-tiles",
-                "--manifest",
-                str(manifest),
-                "--out",
-                str(bank),
-                "--tile-px",
-                "96",
-                "--mpp",
-                "1.0",
-                "--per-slide",
-                "48",
-            ]
-        )
-        == 0
-    )
+    _export(manifest, bank)
     good = _train(tiny_cohort, tmp_path / "good", manifest, epochs=12)
     rows = manifest.read_text().splitlines()
     shift = {c: CLASSES[(i + 1) % 3] for i, c in enumerate(CLASSES)}  # every label wrong
