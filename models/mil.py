@@ -14,29 +14,25 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
+from .meta import ModelMeta
 from .metrics import slide_metrics
+from .outputs import SlideOutput
 
 
 class ABMIL(pl.LightningModule):
-    def __init__(self, hparams: dict):
+    def __init__(self, meta: ModelMeta):
         super().__init__()
-        self.save_hyperparameters({"config": hparams})
-        h = hparams
-        self.classes = list(h["classes"])
-        dim, hidden = int(h["feature_dim"]), int(h.get("attention_dim", 128))
-        self.project = nn.Sequential(
-            nn.Linear(dim, hidden), nn.ReLU(), nn.Dropout(h.get("dropout", 0.1))
-        )
+        self.save_hyperparameters({"config": meta.to_dict()})
+        self.meta = meta
+        self.classes = list(meta.classes)
+        dim, hidden = int(meta.feature_dim), int(meta.attention_dim)
+        self.project = nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(), nn.Dropout(meta.dropout))
         self.attention_v = nn.Linear(hidden, hidden)
         self.attention_u = nn.Linear(hidden, hidden)
         self.attention_w = nn.Linear(hidden, 1)
         self.classifier = nn.Linear(hidden, len(self.classes))
-        self.loss = nn.CrossEntropyLoss(label_smoothing=h.get("label_smoothing", 0.0))
+        self.loss = nn.CrossEntropyLoss(label_smoothing=meta.label_smoothing)
         self._val: list[tuple[torch.Tensor, torch.Tensor]] = []
-
-    @property
-    def config(self) -> dict:
-        return self.hparams["config"]
 
     def attention(
         self, features: torch.Tensor, mask: torch.Tensor
@@ -79,8 +75,8 @@ class ABMIL(pl.LightningModule):
                 self.log(f"val/slide_{key}", value, prog_bar=key == "balanced_accuracy")
 
     def configure_optimizers(self):
-        h = self.config
-        optimizer = torch.optim.AdamW(self.parameters(), lr=h["lr"], weight_decay=h["weight_decay"])
+        m = self.meta
+        optimizer = torch.optim.AdamW(self.parameters(), lr=m.lr, weight_decay=m.weight_decay)
         total = max(1, int(self.trainer.estimated_stepping_batches))
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(1.0, step / total)))
@@ -106,16 +102,34 @@ def pad_bags(bags: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
 class MILBundle(nn.Module):
     """What an exported MIL model holds: the frozen tile encoder and the ABMIL head."""
 
-    def __init__(self, hparams: dict, encoder: nn.Module | None = None):
+    slide_inputs = ("features",)
+
+    def __init__(self, meta: ModelMeta, encoder: nn.Module | None = None):
         super().__init__()
         if encoder is None:
             from .backbones import build_backbone
 
-            encoder = build_backbone(hparams["backbone"])[0]
+            encoder = build_backbone(meta.backbone)[0]
         self.encoder = encoder
-        self.mil = ABMIL(hparams)
+        self.mil = ABMIL(meta)
+        self.meta = meta
         self.classes = self.mil.classes
 
     def forward(self, tiles: torch.Tensor) -> torch.Tensor:
         """Slide logits (1, K) from a stack of normalised tiles (N, 3, H, W)."""
         return self.mil(self.encoder(tiles).unsqueeze(0))
+
+    def forward_tiles(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"features": self.encoder(images)}
+
+    def forward_slide(self, outputs: dict[str, np.ndarray]) -> SlideOutput:
+        """Attention-pooled slide probabilities; every tile carries the slide's."""
+        device = next(self.mil.parameters()).device
+        features = torch.as_tensor(outputs["features"], dtype=torch.float32, device=device)
+        features = features.unsqueeze(0)
+        mask = torch.ones(features.shape[:2], dtype=torch.bool, device=device)
+        with torch.no_grad():
+            weights, _ = self.mil.attention(features, mask)
+            slide = self.mil(features, mask).float().softmax(1).cpu().numpy()[0]
+        tiles = np.repeat(slide[None], features.shape[1], axis=0)
+        return SlideOutput(tiles, slide, weights[0].float().cpu().numpy())

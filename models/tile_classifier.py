@@ -17,41 +17,43 @@ import torch
 from torch import nn
 
 from .backbones import build_backbone
+from .meta import ModelMeta
 from .metrics import per_slide_mean, slide_metrics
+from .outputs import SlideOutput
 
 
 class TileClassifier(pl.LightningModule):
-    def __init__(self, hparams: dict, load_weights: bool = True):
+    slide_inputs = ("probs",)
+
+    def __init__(self, meta: ModelMeta, load_weights: bool = True):
         super().__init__()
-        self.save_hyperparameters({"config": hparams})
-        h = hparams
-        self.classes: list[str] = list(h["classes"])
+        self.save_hyperparameters({"config": meta.to_dict()})
+        self.meta = meta
+        self.classes: list[str] = list(meta.classes)
         backbone, dim, _, _ = build_backbone(
-            h["backbone"],
-            h.get("pretrained", False) and load_weights,
-            h.get("weights_path") if load_weights else None,
+            meta.backbone,
+            meta.pretrained and load_weights,
+            meta.weights_path if load_weights else None,
         )
         self.backbone = backbone
-        self.head = nn.Sequential(
-            nn.Dropout(h.get("dropout", 0.0)), nn.Linear(dim, len(self.classes))
-        )
-        weights = h.get("class_weights")
+        self.head = nn.Sequential(nn.Dropout(meta.dropout), nn.Linear(dim, len(self.classes)))
+        weights = meta.class_weights
         self.loss = nn.CrossEntropyLoss(
             weight=torch.tensor(weights, dtype=torch.float32) if weights else None,
-            label_smoothing=h.get("label_smoothing", 0.0),
+            label_smoothing=meta.label_smoothing,
         )
         self._val: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
         self.last_slide_metrics: dict[str, float] = {}
 
-    @property
-    def config(self) -> dict:
-        return self.hparams["config"]
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.backbone(x)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(x))
+
+    def forward_tiles(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        features = self.backbone(images)
+        return {"features": features, "probs": self.head(features).float().softmax(1)}
+
+    def forward_slide(self, outputs: dict[str, np.ndarray]) -> SlideOutput:
+        return SlideOutput(tile_probs=outputs["probs"])
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         logits = self(batch["image"])
@@ -103,11 +105,11 @@ class TileClassifier(pl.LightningModule):
         return torch.cat([gathered[r, : int(c)] for r, c in enumerate(counts)])
 
     def configure_optimizers(self):
-        h = self.config
-        optimizer = torch.optim.AdamW(self.parameters(), lr=h["lr"], weight_decay=h["weight_decay"])
+        m = self.meta
+        optimizer = torch.optim.AdamW(self.parameters(), lr=m.lr, weight_decay=m.weight_decay)
         total = max(1, int(self.trainer.estimated_stepping_batches))
         per_epoch = max(1, total // max(1, self.trainer.max_epochs or 1))
-        warmup = min(total - 1, int(h.get("warmup_epochs", 0) * per_epoch))
+        warmup = min(total - 1, int(m.warmup_epochs * per_epoch))
 
         def schedule(step: int) -> float:
             if step < warmup:

@@ -5,44 +5,33 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from .synth.cohort import CohortParams
+from pipeline.synth.cohort import CohortParams
 
 DEMO_COHORT = CohortParams(n_slides=30, seed=0, slide_size_um=(2400.0, 1800.0))
 """30 small slides: enough patients per class for a held-out split, quick to render."""
 
 
 def run_demo(out: Path, progress: bool = True) -> int:
-    from .cli import main
-    from .config import load_config
-    from .evaluate import Gate, run_evaluation
-    from .synth.cohort import make_cohort
-    from .training import train
+    from pipeline.core.resources import builtin_config
+    from pipeline.evaluation.evaluate import Gate, run_evaluation
+    from pipeline.synth.cohort import make_cohort
+    from pipeline.training.config import load_config
+    from pipeline.training.train import train
+    from pipeline.wsi.manifest import read_manifest
+    from pipeline.wsi.tile_run import tile_slides, tiling_params
 
     start = time.perf_counter()
-    q = [] if progress else ["-q"]
     cohort, run = out / "cohort", out / "run"
     print("== 1/4 synthetic cohort")
     make_cohort(cohort, DEMO_COHORT, workers=2, progress=progress)
     print("== 2/4 tissue detection and tiling")
-    main(
-        [
-            *q,
-            "tile",
-            "--manifest",
-            str(cohort / "manifest.csv"),
-            "--out",
-            str(run / "tiles"),
-            "--mpp",
-            "1.0",
-            "--tile-px",
-            "96",
-            "--workers",
-            "2",
-        ]
-    )
+    entries = read_manifest(cohort / "manifest.csv")
+    rows = tile_slides(entries, run / "tiles", tiling_params(1.0, 96), workers=2, progress=progress)
+    done = sum(r["status"] == "ok" for r in rows)
+    print(f"{done}/{len(rows)} slide(s) done; summary: {run / 'tiles' / 'tiling_summary.csv'}")
     print("== 3/4 training configs/demo.yaml")
     config = load_config(
-        Path(__file__).resolve().parent.parent / "configs" / "demo.yaml",
+        builtin_config("demo.yaml"),
         [f"--data.manifest={cohort / 'manifest.csv'}", f"--out={run}"],
     )
     result = train(config, progress=progress)

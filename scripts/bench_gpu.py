@@ -23,17 +23,25 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from models.meta import ModelMeta  # noqa: E402
 from models.tile_classifier import TileClassifier  # noqa: E402
 
 
-def hparams(backbone: str) -> dict:
-    return {
-        "classes": ["leiomyosarcoma", "meningioma", "other_sarcoma"],
-        "backbone": backbone,
-        "lr": 3e-4,
-        "weight_decay": 1e-4,
-        "warmup_epochs": 0,
-    }
+def hparams(backbone: str) -> ModelMeta:
+    return ModelMeta(
+        kind="tile",
+        classes=["leiomyosarcoma", "meningioma", "other_sarcoma"],
+        target_mpp=0.5,
+        tile_px=224,
+        mean=[0.485, 0.456, 0.406],
+        std=[0.229, 0.224, 0.225],
+        backbone=backbone,
+        aggregator="mean",
+        temperature=1.0,
+        package_version="bench",
+        lr=3e-4,
+        weight_decay=1e-4,
+    )
 
 
 @contextlib.contextmanager

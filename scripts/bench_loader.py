@@ -21,18 +21,19 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from pipeline.augment import Macenko, build_transform  # noqa: E402
-from pipeline.config import load_config  # noqa: E402
-from pipeline.data import (  # noqa: E402
-    BalancedEpochSampler,
+from models.meta import ModelMeta  # noqa: E402
+from pipeline.core.resources import builtin_config  # noqa: E402
+from pipeline.synth.cohort import CohortParams, make_cohort  # noqa: E402
+from pipeline.tiles.augment import Macenko, build_transform  # noqa: E402
+from pipeline.tiles.dataset import (  # noqa: E402
     TileDataset,
     all_items,
     collate,
-    prepare_slides,
     sample_tiles,
     worker_init,
 )
-from pipeline.synth.cohort import CohortParams, make_cohort  # noqa: E402
+from pipeline.training.config import load_config  # noqa: E402
+from pipeline.training.datamodule import BalancedEpochSampler, prepare_slides  # noqa: E402
 
 
 def openslide_rate(slides, items: np.ndarray) -> float:
@@ -104,7 +105,7 @@ def main() -> None:
         progress=False,
     )
     config = load_config(
-        ROOT / "configs" / "demo.yaml",
+        builtin_config("demo.yaml"),
         [f"--data.manifest={cohort / 'manifest.csv'}", f"--out={args.cache / 'run'}"],
     )
     slides = prepare_slides(config, args.cache / "run", progress=False)
@@ -119,13 +120,19 @@ def main() -> None:
     transform = build_transform(config.augment, [0.5] * 3, [0.2] * 3, True, mac)
     dataset = TileDataset(slides, items, transform)
     raw = openslide_rate(slides, items[list(sampler)])
-    hparams = {
-        "classes": d.classes,
-        "backbone": config.model.backbone,
-        "lr": 1e-3,
-        "weight_decay": 0.0,
-    }
-    model = TileClassifier(hparams)
+    meta = ModelMeta(
+        kind="tile",
+        classes=d.classes,
+        target_mpp=d.target_mpp,
+        tile_px=d.tile_px,
+        mean=[0.5] * 3,
+        std=[0.2] * 3,
+        backbone=config.model.backbone,
+        aggregator="mean",
+        temperature=1.0,
+        package_version="bench",
+    )
+    model = TileClassifier(meta)
     rows = [("bare OpenSlide read_region (raw read limit)", raw)]
     for workers in (0, 1, 2):
         rows.append(

@@ -29,42 +29,39 @@ sys.path.insert(0, str(ROOT))
 from bench_gpu import gpu_utilisation  # noqa: E402
 from bench_tiling import make_slide  # noqa: E402
 
-from pipeline.manifest import SlideEntry  # noqa: E402
+from pipeline.wsi.manifest import SlideEntry  # noqa: E402
 
 
 def make_model(path: Path, backbone: str, tile_px: int, mpp: float) -> Path:
     from models.backbones import IMAGENET_MEAN, IMAGENET_STD
     from models.checkpoint import save_model
+    from models.meta import ModelMeta
     from models.tile_classifier import TileClassifier
 
-    h = {
-        "kind": "tile",
-        "classes": ["leiomyosarcoma", "meningioma", "other_sarcoma"],
-        "target_mpp": mpp,
-        "tile_px": tile_px,
-        "min_tissue": 0.5,
-        "mean": IMAGENET_MEAN,
-        "std": IMAGENET_STD,
-        "backbone": backbone,
-        "aggregator": "mean",
-        "temperature": 1.0,
-        "package_version": "bench",
-        "lr": 1e-3,
-        "weight_decay": 0.0,
-    }
-    return save_model(path, TileClassifier(h), h)
+    meta = ModelMeta(
+        kind="tile",
+        classes=["leiomyosarcoma", "meningioma", "other_sarcoma"],
+        target_mpp=mpp,
+        tile_px=tile_px,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        backbone=backbone,
+        aggregator="mean",
+        temperature=1.0,
+        package_version="bench",
+    )
+    return save_model(path, TileClassifier(meta), meta)
 
 
-def read_only_rate(entry, coords, spec, h, workers: int, batch: int) -> float:
+def read_only_rate(entry, coords, spec, meta, workers: int, batch: int) -> float:
     from torch.utils.data import DataLoader, SequentialSampler
 
-    from pipeline.augment import build_transform
-    from pipeline.config import AugmentConfig
-    from pipeline.data import SlideTiles, TileDataset, all_items, collate, worker_init
+    from pipeline.tiles.augment import AugmentConfig, build_transform
+    from pipeline.tiles.dataset import SlideTiles, TileDataset, all_items, collate, worker_init
 
     slides = [SlideTiles(entry, -1, "test", coords, spec)]
     ds = TileDataset(
-        slides, all_items(slides, [0]), build_transform(AugmentConfig(), h["mean"], h["std"], False)
+        slides, all_items(slides, [0]), build_transform(AugmentConfig(), meta.mean, meta.std, False)
     )
     loader = DataLoader(
         ds,
@@ -129,7 +126,8 @@ def peak_rss(slide: Path, model: Path, out: Path, args) -> float:
 
 def main() -> None:
     from models.checkpoint import load_model
-    from pipeline.predict import PredictOptions, load_for_prediction, predict_slide, resolve_device
+    from pipeline.prediction.predict import PredictOptions, load_for_prediction, predict_slide
+    from pipeline.tiles.runner import resolve_device
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--backbone", default="small_cnn")
@@ -156,21 +154,21 @@ def main() -> None:
     )
     loaded = load_for_prediction(model_path, options)
     entry = SlideEntry(large.stem, large, patient_id=large.stem)
-    result = predict_slide(entry, loaded, options, work / "out", None, "")  # also tiles the slide
-    t = result["provenance"]["timings_s"]
-    n = result["qc"]["n_tiles"]
-    from pipeline.tiling import TileSpec, load_tiles
+    result = predict_slide(entry, loaded, options, work / "out", None)  # also tiles the slide
+    t = result.provenance.timings_s
+    n = result.qc.n_tiles
+    from pipeline.wsi.tiling import TileSpec, load_tiles
 
     coords, attrs = load_tiles(work / "out" / "tiles" / "tiles" / f"{entry.slide_id}.h5")
     spec = TileSpec.from_attrs(attrs)
-    read = read_only_rate(entry, coords, spec, loaded.hparams, args.workers, args.batch_size)
+    read = read_only_rate(entry, coords, spec, loaded.meta, args.workers, args.batch_size)
     model, _ = load_model(model_path)
     compute = model_only_rate(model, args.tile_px, args.batch_size, args.device)
     # end to end without the one-off tiling (done above) and output writing
     sampler = gpu_utilisation() if args.device.startswith("cuda") else contextlib.nullcontext([])
     with sampler as util:
-        again = predict_slide(entry, loaded, options, work / "out2", None, "")
-    t2 = again["provenance"]["timings_s"]
+        again = predict_slide(entry, loaded, options, work / "out2", None)
+    t2 = again.provenance.timings_s
     e2e = n / (t2["read_decode"] + t2["model"])
     rss = {
         "half": peak_rss(half, model_path, work / "rss_half", args),

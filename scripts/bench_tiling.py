@@ -29,8 +29,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from pipeline.slide import Slide, resize  # noqa: E402
-from pipeline.tiling import TileSpec, TilingParams, read_tile, tile_slide  # noqa: E402
+from pipeline.wsi.slide import Slide, resize  # noqa: E402
+from pipeline.wsi.tiling import TileSpec, TilingParams, read_tile, tile_slide  # noqa: E402
 
 GLASS = np.array([243, 241, 245], np.uint8)
 
@@ -190,8 +190,8 @@ def peak_rss(path: Path) -> float:
     """Peak RSS (MB) of a fresh process that tiles ``path`` and reads every tile."""
     code = (
         f"import resource, sys; sys.path.insert(0, {str(ROOT)!r})\n"
-        "from pipeline.slide import Slide\n"
-        "from pipeline.tiling import tile_slide, read_tile\n"
+        "from pipeline.wsi.slide import Slide\n"
+        "from pipeline.wsi.tiling import tile_slide, read_tile\n"
         f"with Slide({str(path)!r}) as s:\n"
         "    t = tile_slide(s)\n"
         "    for x, y in t.coords: read_tile(s, int(x), int(y), t.spec)\n"

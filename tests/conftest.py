@@ -77,12 +77,12 @@ def tiny_cohort(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_model(tiny_cohort, tmp_path_factory) -> Path:
     """A model trained for one short epoch on the tiny cohort (enough to test the plumbing)."""
-    from pipeline.config import load_config
-    from pipeline.training import train
+    from pipeline.training.config import load_config
+    from pipeline.training.train import train
 
     run = tmp_path_factory.mktemp("tiny_run")
     config = load_config(
-        ROOT / "configs" / "demo.yaml",
+        "demo",
         [f"--data.manifest={tiny_cohort / 'manifest.csv'}", f"--out={run}",
          "--data.num_workers=0", "--data.tiling_workers=1", "--data.tiles_per_slide=24",
          "--data.eval_tiles_per_slide=16", "--data.batch_size=24", "--trainer.max_epochs=1"],

@@ -1,14 +1,14 @@
 import numpy as np
 import pytest
 
-from pipeline.aggregate import (
-    CallConfig,
+from pipeline.core.errors import UsageError
+from pipeline.prediction.call import CallConfig
+from pipeline.tiles.aggregate import (
     aggregate,
     apply_temperature,
     expected_calibration_error,
     fit_temperature,
 )
-from pipeline.errors import UsageError
 
 TILES = np.array([[0.9, 0.05, 0.05], [0.8, 0.1, 0.1], [0.2, 0.7, 0.1], [0.6, 0.3, 0.1]])
 
@@ -49,7 +49,7 @@ def test_temperature_one_is_identity():
 
 def test_call_config_loads_and_rejects_unknown_keys(tmp_path):
     config = CallConfig.load()
-    assert config.min_probability == 0.7 and config.aggregation == "mean"
+    assert config.min_probability == 0.7 and config.aggregation == "model"
     bad = tmp_path / "calls.yaml"
     bad.write_text("min_probabilty: 0.8\n")
     with pytest.raises(UsageError, match="min_probabilty"):
@@ -57,3 +57,6 @@ def test_call_config_loads_and_rejects_unknown_keys(tmp_path):
     bad.write_text("aggregation: median\n")
     with pytest.raises(UsageError, match="aggregation"):
         CallConfig.load(bad)
+    bad.write_text("aggregation: top_k\n")
+    assert CallConfig.load(bad).aggregator_for("mean") == "top_k"
+    assert config.aggregator_for("quantile") == "quantile"

@@ -4,11 +4,11 @@ import itertools
 import numpy as np
 import pytest
 
-from pipeline.aggregate import CallConfig, decide
 from pipeline.cli import main
-from pipeline.differential import fuse, ihc_terms, next_stains
-from pipeline.ihc import MarkerResult, Panel, parse_panel
-from pipeline.knowledge import Prior, load_knowledge
+from pipeline.ihc.differential import fuse, ihc_terms, next_stains
+from pipeline.ihc.knowledge import Prior, load_knowledge
+from pipeline.ihc.panel import MarkerResult, Panel, parse_panel
+from pipeline.prediction.call import CallConfig, decide
 
 CASE = (
     "desmin+ h-caldesmon+ vimentin+ EMA- PR- GFAP- TTF-1- calcitonin- Melan-A- HMB45- SMA- "

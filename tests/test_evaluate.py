@@ -6,10 +6,10 @@ import pytest
 from sklearn.metrics import balanced_accuracy_score, f1_score, roc_auc_score
 
 from pipeline.cli import main
-from pipeline.config import load_config
-from pipeline.metrics_report import bootstrap, point_metrics
-from pipeline.slide import Slide
-from pipeline.tiling import TileSpec, load_tiles, read_tile
+from pipeline.evaluation.metrics_report import bootstrap, point_metrics
+from pipeline.training.config import load_config
+from pipeline.wsi.slide import Slide
+from pipeline.wsi.tiling import TileSpec, load_tiles, read_tile
 
 CLASSES = ["leiomyosarcoma", "meningioma", "other_sarcoma"]
 
@@ -50,7 +50,7 @@ def test_bootstrap_interval_covers_the_truth_and_shrinks_with_patients():
 
 
 def _train(cohort, run, manifest, epochs=5):
-    from pipeline.training import train
+    from pipeline.training.train import train
 
     config = load_config(
         "configs/demo.yaml",
@@ -225,9 +225,7 @@ def test_slide_level_evaluation_with_a_gate(tiny_cohort, tiny_model, tmp_path, c
 def test_bank_and_model_must_match(bank, tmp_path, tiny_model):
     import torch
 
-    from models.checkpoint import read_model_file
-
-    payload = read_model_file(tiny_model)
+    payload = torch.load(tiny_model, weights_only=True)
     payload["hyper_parameters"]["tile_px"] = 64
     other = tmp_path / "other.ckpt"
     torch.save(payload, other)

@@ -1,7 +1,7 @@
 import pytest
 
-from pipeline.ihc import IHCError, parse_panel, read_ihc_csv
-from pipeline.knowledge import load_knowledge
+from pipeline.ihc.knowledge import load_knowledge
+from pipeline.ihc.panel import IHCError, parse_panel, read_ihc_csv
 
 CASE = (
     "desmin+ h-caldesmon+ vimentin+ EMA- PR- GFAP- TTF-1- calcitonin- Melan-A- HMB45- SMA- "

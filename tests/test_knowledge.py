@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import yaml
 
-from pipeline.errors import UsageError
-from pipeline.knowledge import DEFAULT_PATH, load_knowledge
+from pipeline.core.errors import UsageError
+from pipeline.ihc.knowledge import DEFAULT_PATH, load_knowledge
 
 
 def test_shipped_knowledge_base_is_complete_and_sourced():

@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from pipeline.cli import main
-from pipeline.predict import SlideLock
-from pipeline.slide import Slide
+from pipeline.prediction.locks import SlideLock
+from pipeline.wsi.slide import Slide
 
 SCHEMA = json.loads((Path(__file__).parent.parent / "docs" / "result.schema.json").read_text())
 
@@ -147,9 +147,8 @@ def test_bad_models_stop_before_any_slide(batch, tiny_cohort, tmp_path):
     assert not (out / "slides").exists()
     import torch
 
-    from models.checkpoint import read_model_file
-
-    payload = read_model_file(next(Path(tiny_cohort).parent.glob("tiny_run*/model.ckpt")))
+    path = next(Path(tiny_cohort).parent.glob("tiny_run*/model.ckpt"))
+    payload = torch.load(path, weights_only=True)
     payload["hyper_parameters"]["classes"] = ["leiomyosarcoma", "glioma", "other_sarcoma"]
     mismatch = tmp_path / "mismatch.ckpt"
     torch.save(payload, mismatch)

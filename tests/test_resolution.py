@@ -2,8 +2,8 @@ import logging
 
 import pytest
 
-from pipeline.errors import InvalidResolutionError, MissingResolutionError
-from pipeline.resolution import resolve_mpp
+from pipeline.core.errors import InvalidResolutionError, MissingResolutionError
+from pipeline.wsi.resolution import resolve_mpp
 
 OPENSLIDE = {"openslide.mpp-x": "0.2521", "openslide.mpp-y": "0.2519"}
 TIFF_CM = {

@@ -3,7 +3,7 @@ import openslide
 import pytest
 from PIL import Image
 
-from pipeline.errors import (
+from pipeline.core.errors import (
     CorruptSlideError,
     InvalidResolutionError,
     MissingResolutionError,
@@ -11,7 +11,7 @@ from pipeline.errors import (
     SlideNotFoundError,
     UnsupportedFormatError,
 )
-from pipeline.slide import Slide
+from pipeline.wsi.slide import Slide
 
 from .slides import tissue_image, write_pyramid
 
@@ -93,7 +93,7 @@ def test_level_selection_never_upsamples(block_tiff):
 
 
 def test_chunked_thumbnail_matches_direct_read(block_tiff, monkeypatch):
-    import pipeline.slide as slide_module
+    import pipeline.wsi.slide as slide_module
 
     with Slide(block_tiff) as slide:
         whole, ds = slide.thumbnail(mpp=2.0)

@@ -6,10 +6,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from pipeline.errors import UsageError
-from pipeline.knowledge import load_knowledge
-from pipeline.manifest import read_manifest
-from pipeline.slide import Slide
+from pipeline.core.errors import UsageError
+from pipeline.ihc.knowledge import load_knowledge
 from pipeline.synth.cohort import (
     BASE_PANEL,
     ENTITY_CHOICES,
@@ -24,7 +22,9 @@ from pipeline.synth.morphology import ENTITIES, morphology_for
 from pipeline.synth.pyramid import write_pyramid
 from pipeline.synth.render import SlideRenderer
 from pipeline.synth.stain import Stain
-from pipeline.tiling import TilingParams, tile_slide
+from pipeline.wsi.manifest import read_manifest
+from pipeline.wsi.slide import Slide
+from pipeline.wsi.tiling import TilingParams, tile_slide
 
 SMALL = CohortParams(n_slides=3, seed=4, slide_size_um=(1200.0, 900.0), mpp=0.5)
 

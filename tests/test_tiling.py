@@ -2,9 +2,9 @@ import h5py
 import numpy as np
 import pytest
 
-from pipeline.errors import EmptySlideError
-from pipeline.slide import Slide
-from pipeline.tiling import (
+from pipeline.core.errors import EmptySlideError
+from pipeline.wsi.slide import Slide
+from pipeline.wsi.tiling import (
     TileSpec,
     TilingParams,
     load_tiles,
@@ -13,7 +13,7 @@ from pipeline.tiling import (
     tile_slide,
     tissue_fraction,
 )
-from pipeline.tissue import TissueMask
+from pipeline.wsi.tissue import TissueMask
 
 from .conftest import BLOCK
 from .slides import tissue_image, write_pyramid

@@ -3,8 +3,8 @@ import json
 import numpy as np
 import pytest
 
-from pipeline.errors import UsageError
-from pipeline.tissue import TissueParams, detect_tissue, tissue_mask
+from pipeline.core.errors import UsageError
+from pipeline.wsi.tissue import TissueParams, detect_tissue, tissue_mask
 
 from .slides import GLASS, TISSUE
 

@@ -8,19 +8,13 @@ import torch
 
 from models.backbones import TORCHVISION, build_backbone
 from models.checkpoint import ModelError, load_model, read_model_file, save_model
-from pipeline.augment import build_transform
-from pipeline.config import AugmentConfig, load_config
-from pipeline.data import (
-    _HANDLES,
-    BalancedEpochSampler,
-    TileDataset,
-    all_items,
-    assign_splits,
-    collate,
-    prepare_slides,
-)
-from pipeline.errors import ManifestError, UsageError
-from pipeline.manifest import SlideEntry
+from models.meta import ModelMeta
+from pipeline.core.errors import ManifestError, UsageError
+from pipeline.tiles.augment import AugmentConfig, build_transform
+from pipeline.tiles.dataset import _HANDLES, TileDataset, all_items, collate
+from pipeline.training.config import load_config
+from pipeline.training.datamodule import BalancedEpochSampler, assign_splits, prepare_slides
+from pipeline.wsi.manifest import SlideEntry
 
 
 def _config(cohort, run, *extra):
@@ -201,8 +195,8 @@ def test_local_weights_file_is_loaded(tmp_path):
         build_backbone("small_cnn", weights_path=str(path))
 
 
-def _hparams():
-    return {
+def _meta(**changes) -> ModelMeta:
+    values = {
         "kind": "tile",
         "classes": ["a", "b", "c"],
         "target_mpp": 1.0,
@@ -216,19 +210,39 @@ def _hparams():
         "lr": 1e-3,
         "weight_decay": 0.0,
     }
+    return ModelMeta(**{**values, **changes})
 
 
 def test_model_file_round_trip_is_bit_exact_and_weights_only(tmp_path):
     from models.tile_classifier import TileClassifier
 
-    model = TileClassifier(_hparams()).eval()
-    path = save_model(tmp_path / "model.ckpt", model, _hparams())
+    model = TileClassifier(_meta()).eval()
+    path = save_model(tmp_path / "model.ckpt", model, _meta())
     torch.load(path, weights_only=True)  # loads without unpickling any code
-    loaded, h = load_model(path)
+    loaded, meta = load_model(path)
     x = torch.randn(4, 3, 64, 64)
     with torch.no_grad():
         assert torch.equal(model(x), loaded(x))
-    assert h["classes"] == ["a", "b", "c"]
+    assert meta == _meta()
+
+
+def test_version_1_model_files_written_before_model_meta_still_load(tmp_path):
+    """A model file as fascicle 0.1.0 wrote it: a flat dict with keys this version may not
+    know; they are kept on a round trip."""
+    from models.tile_classifier import TileClassifier
+
+    model = TileClassifier(_meta()).eval()
+    old = {k: v for k, v in _meta().to_dict().items() if v is not None}
+    old["future_key"] = [1, 2]
+    path = tmp_path / "old.ckpt"
+    torch.save(
+        {"format": "fascicle-model", "format_version": 1, "hyper_parameters": old,
+         "state_dict": model.state_dict()},
+        path,
+    )  # fmt: skip
+    _, meta = load_model(path)
+    assert meta.classes == ["a", "b", "c"] and meta.extra == {"future_key": [1, 2]}
+    assert meta.to_dict()["future_key"] == [1, 2]
 
 
 class _Payload:
@@ -239,7 +253,7 @@ class _Payload:
 def test_bad_model_files_are_rejected(tmp_path):
     pickled = tmp_path / "evil.ckpt"
     torch.save({"format": "fascicle-model", "x": _Payload()}, pickled)
-    with pytest.raises(ModelError, match="without running code"):
+    with pytest.raises(ModelError, match="run code"):
         read_model_file(pickled)
     partial = tmp_path / "partial.ckpt"
     torch.save(
@@ -263,7 +277,7 @@ def test_bad_model_files_are_rejected(tmp_path):
 
 @pytest.mark.slow
 def test_a_short_fit_beats_chance_on_held_out_slides(tiny_cohort, tmp_path):
-    from pipeline.training import train
+    from pipeline.training.train import train
 
     result = train(
         _config(
@@ -277,8 +291,8 @@ def test_a_short_fit_beats_chance_on_held_out_slides(tiny_cohort, tmp_path):
     )
     assert result.model_path.exists()
     assert result.metrics["val"]["balanced_accuracy"] > 1 / 3 + 0.2
-    _, h = load_model(result.model_path)
-    assert h["manifest_sha256"] and h["tile_px"] == 96 and h["target_mpp"] == 1.0
+    _, meta = load_model(result.model_path)
+    assert meta.manifest_sha256 and meta.tile_px == 96 and meta.target_mpp == 1.0
     for name in ("splits.csv", "config.yaml", "metrics.json"):
         assert (tmp_path / "run" / name).exists()
     assert list((tmp_path / "run" / "logs").rglob("metrics.csv"))
@@ -317,7 +331,7 @@ def test_mil_learns_a_planted_signal():
     import pytorch_lightning as pl
 
     from models.mil import ABMIL, pad_bags
-    from pipeline.mil_training import BagDataset, collate_bags
+    from pipeline.training.mil import BagDataset, collate_bags
 
     pl.seed_everything(0, verbose=False)
     rng = np.random.default_rng(0)
@@ -329,15 +343,8 @@ def test_mil_learns_a_planted_signal():
 
     labels = [i % 3 for i in range(90)]
     bags = [bag(y) for y in labels]
-    h = {
-        "classes": ["a", "b", "c"],
-        "feature_dim": 16,
-        "attention_dim": 32,
-        "dropout": 0.0,
-        "lr": 3e-3,
-        "weight_decay": 0.0,
-    }
-    model = ABMIL(h)
+    meta = _meta(kind="mil", feature_dim=16, attention_dim=32, dropout=0.0, lr=3e-3)
+    model = ABMIL(meta)
     loader = torch.utils.data.DataLoader(
         BagDataset(bags[:60], labels[:60], 64, True),
         batch_size=8,

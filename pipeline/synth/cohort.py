@@ -15,15 +15,15 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from ..atomic import write_text
-from ..batch import csv_text
-from ..errors import UsageError
-from ..knowledge import KnowledgeBase, load_knowledge
-from .layout import MAP_UM, make_layout
-from .morphology import morphology_for
-from .pyramid import write_pyramid
-from .render import SlideRenderer
-from .stain import Stain
+from pipeline.core.atomic import write_text
+from pipeline.core.batch import csv_text
+from pipeline.core.errors import UsageError
+from pipeline.ihc.knowledge import KnowledgeBase, load_knowledge
+from pipeline.synth.layout import MAP_UM, make_layout
+from pipeline.synth.morphology import morphology_for
+from pipeline.synth.pyramid import write_pyramid
+from pipeline.synth.render import SlideRenderer
+from pipeline.synth.stain import Stain
 
 CLASSES = ("leiomyosarcoma", "meningioma", "other_sarcoma")
 ENTITY_CHOICES = {
@@ -210,7 +210,7 @@ def contact_sheet(plans: list[SlidePlan], params: CohortParams) -> np.ndarray:
     """One representative tile per class, then every slide's thumbnail with its label."""
     from PIL import Image, ImageDraw
 
-    from ..slide import Slide
+    from pipeline.wsi.slide import Slide
 
     font_h = 14
     tiles = []
@@ -264,8 +264,8 @@ def make_cohort(
     knowledge: KnowledgeBase | None = None,
 ) -> list[SlidePlan]:
     """Generate a cohort into ``out``; finished slides are kept on rerun unless ``overwrite``."""
-    from ..batch import run_slides
-    from ..tiling_run import save_png
+    from pipeline.core.atomic import write_png
+    from pipeline.core.batch import run_slides
 
     out = Path(out)
     _check_existing(out, params, overwrite)
@@ -319,5 +319,5 @@ def make_cohort(
     ]
     columns = ["slide_id", "patient_id", "label", "entity", "split", "seed"]
     write_text(out / "cases.csv", csv_text(cases, columns))
-    save_png(out / "preview.png", contact_sheet(plans, params))
+    write_png(out / "preview.png", contact_sheet(plans, params))
     return plans

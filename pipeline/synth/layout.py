@@ -14,7 +14,7 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
-from .morphology import Morphology
+from pipeline.synth.morphology import Morphology
 
 MAP_UM = 8.0
 ARTEFACT_RATES = {"pen": 0.35, "fold": 0.25, "bubble": 0.2}

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..atomic import atomic_path
+from pipeline.core.atomic import atomic_path
 
 TILE = 256
 LEVEL_FACTOR = 4

@@ -1,0 +1,85 @@
+"""``ModelMeta``: what a model file says about its model, typed, read and written here only.
+
+The fields are stored flat as the model file's ``hyper_parameters`` (format version 1), so
+files written before this class existed load unchanged; keys this version does not know are
+kept in ``extra`` and written back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+REQUIRED = (
+    "kind",
+    "classes",
+    "target_mpp",
+    "tile_px",
+    "mean",
+    "std",
+    "backbone",
+    "aggregator",
+    "temperature",
+    "package_version",
+)
+KINDS = ("tile", "mil")
+
+
+@dataclass
+class ModelMeta:
+    kind: str
+    """``tile`` (tile classifier) or ``mil`` (frozen encoder + attention MIL)."""
+    classes: list[str]
+    target_mpp: float
+    tile_px: int
+    mean: list[float]
+    std: list[float]
+    backbone: str
+    aggregator: str
+    temperature: float
+    package_version: str
+    min_tissue: float = 0.5
+    macenko: dict | None = None
+    """Macenko reference stain state, or None when tiles are not stain-normalised."""
+    pretrained: bool = False
+    weights_path: str | None = None
+    dropout: float = 0.0
+    train_class_priors: list[float] | None = None
+    class_weights: list[float] | None = None
+    label_smoothing: float = 0.0
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    warmup_epochs: float = 0.0
+    manifest_sha256: str | None = None
+    seed: int | None = None
+    val_slide_metrics: dict | None = None
+    encoder_source: str | None = None
+    """MIL: where the frozen encoder's weights came from."""
+    feature_dim: int | None = None
+    attention_dim: int = 128
+    max_bag: int | None = None
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> ModelMeta:
+        """From stored hyper-parameters; raises ``ValueError`` naming what is missing or wrong."""
+        missing = [k for k in REQUIRED if k not in values]
+        if missing:
+            raise ValueError(f"model metadata lacks {', '.join(missing)}")
+        if values["kind"] not in KINDS:
+            raise ValueError(f"unknown model kind {values['kind']!r} (known: {', '.join(KINDS)})")
+        known = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        meta = cls(**{k: v for k, v in values.items() if k in known})
+        meta.extra = {k: v for k, v in values.items() if k not in known}
+        meta.classes = [str(c) for c in meta.classes]
+        return meta
+
+    def to_dict(self) -> dict:
+        """Plain values only (the model file loads with ``weights_only=True``)."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
+        return {**out, **self.extra}
+
+    @property
+    def pools_tiles(self) -> bool:
+        """True when the model pools a slide's tiles itself (attention MIL)."""
+        return self.kind == "mil"

@@ -1,0 +1,388 @@
+"""Fusing image probabilities with the IHC panel into a ranked differential diagnosis.
+
+posterior(entity) ∝ prior(entity) × image likelihood × IHC likelihood, where
+
+* the image likelihood of an entity is P(image | its image class) ∝ q_c / π_c (calibrated slide
+  probability over the class's share of the training set); entities the image model was not
+  trained on get the neutral value 1 and are flagged as outside its scope. Image
+  probabilities are floored (default 0.05) because no model is ever certain;
+* the IHC likelihood multiplies P(result | entity) over markers, with probabilities clipped
+  to [0.01, 0.99]; focal results are a softened positive; within a correlated lineage group
+  the most decisive observed marker counts fully and each further one with weight
+  (1 − redundancy), so concordant stains of one programme are not double counted.
+
+Each marker's contribution for a top entity is its weighted log-likelihood ratio against the
+posterior-weighted alternatives; the next stains are the markers not yet performed with the
+largest expected reduction in posterior entropy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from pipeline.core.errors import UsageError
+from pipeline.ihc.knowledge import KnowledgeBase, load_knowledge
+from pipeline.ihc.panel import MarkerResult, Panel
+
+DECISIVE_LLR = float(np.log(10))
+"""A marker whose weighted likelihood ratio exceeds 10 (either way) is called decisive."""
+
+
+def marker_loglik(kb: KnowledgeBase, result: MarkerResult) -> np.ndarray | None:
+    """log P(result | entity) for every entity, or None if the result carries no evidence."""
+    p = kb.clipped()[:, kb.marker_index(result.marker)]
+    state = result.state
+    if state == "equivocal":
+        if kb.scoring.equivocal != "focal":
+            return None
+        state = "focal"
+    if state == "positive":
+        return np.log(p)
+    if state == "negative":
+        return np.log1p(-p)
+    if state == "focal":
+        w = kb.scoring.focal_weight
+        return np.log(w * p + (1 - w) * (1 - p))
+    return None
+
+
+def ihc_terms(kb: KnowledgeBase, panel: Panel) -> list[tuple[MarkerResult, float, np.ndarray]]:
+    """(result, weight, log-likelihood per entity) for each informative result.
+
+    Weights: 1, except markers after the most decisive one of their correlated group.
+    Ordering within a group is by decisiveness, then name, so input order never matters.
+    """
+    terms = []
+    for result in sorted(panel.performed.values(), key=lambda r: r.marker):
+        ll = marker_loglik(kb, result)
+        if ll is not None:
+            terms.append((result, ll))
+    by_group: dict[str | None, list[tuple[MarkerResult, np.ndarray]]] = {}
+    for result, ll in terms:
+        by_group.setdefault(kb.group_of(result.marker), []).append((result, ll))
+    out = []
+    for group, members in by_group.items():
+        if group is None:
+            out += [(r, 1.0, ll) for r, ll in members]
+            continue
+        members.sort(key=lambda t: (-float(np.ptp(t[1])), t[0].marker))
+        discount = 1 - kb.redundancy[group]
+        out += [(r, 1.0 if i == 0 else discount, ll) for i, (r, ll) in enumerate(members)]
+    return sorted(out, key=lambda t: t[0].marker)
+
+
+def image_likelihood(
+    kb: KnowledgeBase,
+    probs: dict[str, float] | None,
+    train_priors: dict[str, float] | None = None,
+    floor: float = 0.05,
+) -> np.ndarray:
+    """P(image | entity) up to a constant; 1 (neutral) without image or outside its classes."""
+    classes = kb.image_classes
+    if probs is None:
+        return np.ones(len(kb.entities))
+    unknown = [c for c in probs if c not in classes]
+    if unknown:
+        raise UsageError(
+            f"image class(es) {', '.join(unknown)} unknown; expected {', '.join(classes)}"
+        )
+    q = np.array([max(float(probs.get(c, 0.0)), 0.0) for c in classes])
+    if q.sum() <= 0:
+        raise UsageError("image probabilities must not all be zero")
+    q = q / q.sum()
+    q = np.maximum(q, floor)
+    q = q / q.sum()
+    pi = np.array([float((train_priors or {}).get(c, 1.0 / len(classes))) for c in classes])
+    pi = pi / pi.sum()
+    ratio = dict(zip(classes, q / pi, strict=True))
+    return np.array(
+        [ratio.get(kb.image_class_of[e], 1.0) if kb.image_class_of[e] else 1.0 for e in kb.entities]
+    )
+
+
+@dataclass
+class Evidence:
+    """One marker's contribution to one entity."""
+
+    marker: str
+    display: str
+    state: str
+    weight: float
+    llr: float
+    p_result: float
+    """P(this result | the entity), clipped."""
+
+    @property
+    def direction(self) -> str:
+        return "supports" if self.llr > 0.1 else "against" if self.llr < -0.1 else "neutral"
+
+    @property
+    def decisive(self) -> bool:
+        return abs(self.llr) >= DECISIVE_LLR
+
+
+@dataclass
+class Suggestion:
+    marker: str
+    display: str
+    entropy_reduction: float
+    """Expected reduction of the posterior's entropy, in bits."""
+    separates: tuple[str, float, str, float] | None
+    """(entity a, P(+|a), entity b, P(+|b)) for the pair it best tells apart."""
+
+
+@dataclass
+class Differential:
+    """The fused differential for one case."""
+
+    entities: list[str]
+    prior: np.ndarray
+    image_likelihood: np.ndarray
+    ihc_loglik: np.ndarray
+    posterior: np.ndarray
+    kb: KnowledgeBase = field(repr=False)
+    panel: Panel = field(default_factory=Panel, repr=False)
+    terms: list = field(default_factory=list, repr=False)
+    inputs: dict = field(default_factory=dict, repr=False)
+    """The non-panel arguments of ``fuse`` (image, prior, floor), to re-run it."""
+
+    @property
+    def has_image(self) -> bool:
+        return self.inputs.get("image_probs") is not None
+
+    def ranked(self) -> list[tuple[str, float]]:
+        order = np.argsort(-self.posterior, kind="stable")
+        return [(self.entities[i], float(self.posterior[i])) for i in order]
+
+    def class_posterior(self) -> dict[str, float]:
+        """Posterior summed per image class; entities outside the image model's scope stay
+        separate under their own names."""
+        out: dict[str, float] = dict.fromkeys(self.kb.image_classes, 0.0)
+        for e, p in zip(self.entities, self.posterior, strict=True):
+            key = self.kb.image_class_of[e] or e
+            out[key] = out.get(key, 0.0) + float(p)
+        return out
+
+    def evidence(self, entity: str) -> list[Evidence]:
+        """Each marker's weighted log-likelihood ratio for ``entity`` against the rest."""
+        i = self.entities.index(entity)
+        others = np.delete(self.posterior, i)
+        others = (
+            others / others.sum() if others.sum() > 0 else np.full(len(others), 1 / len(others))
+        )
+        out = []
+        for result, weight, ll in self.terms:
+            alt = float(np.log(np.dot(others, np.exp(np.delete(ll, i)))))
+            out.append(
+                Evidence(
+                    marker=result.marker,
+                    display=self.kb.markers[result.marker].display,
+                    state=result.state,
+                    weight=weight,
+                    llr=weight * (float(ll[i]) - alt),
+                    p_result=float(np.exp(ll[i])),
+                )
+            )
+        return sorted(out, key=lambda ev: -abs(ev.llr))
+
+    def in_scope(self, entity: str) -> bool:
+        return self.kb.image_class_of[entity] is not None
+
+
+def fuse(
+    panel: Panel | None = None,
+    image_probs: dict[str, float] | None = None,
+    prior: str | None = None,
+    kb: KnowledgeBase | None = None,
+    train_priors: dict[str, float] | None = None,
+    image_floor: float = 0.05,
+) -> Differential:
+    """The posterior over entities from the prior, the image and the IHC panel."""
+    kb = kb or load_knowledge()
+    panel = panel or Panel()
+    pri = kb.prior(prior)
+    img = image_likelihood(kb, image_probs, train_priors, image_floor)
+    terms = ihc_terms(kb, panel)
+    ll = np.zeros(len(kb.entities))
+    for _, weight, term in terms:
+        ll += weight * term
+    with np.errstate(divide="ignore"):  # a zero prior rules an entity out
+        log_post = np.log(pri) + np.log(img) + ll
+    post = np.exp(log_post - log_post.max())
+    return Differential(
+        entities=list(kb.entities),
+        prior=pri,
+        image_likelihood=img,
+        ihc_loglik=ll,
+        posterior=post / post.sum(),
+        kb=kb,
+        panel=panel,
+        terms=terms,
+        inputs={
+            "image_probs": image_probs,
+            "prior": prior,
+            "train_priors": train_priors,
+            "image_floor": image_floor,
+        },
+    )
+
+
+def _entropy(p: np.ndarray) -> float:
+    p = p[p > 0]
+    return float(-(p * np.log2(p)).sum())
+
+
+def next_stains(diff: Differential, top: int = 5) -> list[Suggestion]:
+    """Markers not yet performed, ranked by expected reduction of posterior entropy.
+
+    Each hypothetical result goes through ``fuse`` with the rest of the panel, so a marker
+    of an already-sampled lineage group is discounted as it would be if performed.
+    """
+    kb, panel = diff.kb, diff.panel
+    p_pos = kb.clipped()
+    h0 = _entropy(diff.posterior)
+    out = []
+    for marker in kb.markers:
+        if marker in panel.performed:
+            continue
+        j = kb.marker_index(marker)
+        prob_pos = float(np.dot(diff.posterior, p_pos[:, j]))
+        expected = 0.0
+        for state, prob in (("positive", prob_pos), ("negative", 1 - prob_pos)):
+            trial = Panel(results={**panel.performed, marker: MarkerResult(marker, state)})
+            after = fuse(trial, kb=kb, **diff.inputs).posterior
+            expected += prob * _entropy(after)
+        out.append(
+            Suggestion(marker, kb.markers[marker].display, h0 - expected, _separated_pair(diff, j))
+        )
+    out.sort(key=lambda s: (-s.entropy_reduction, s.marker))
+    return out[:top]
+
+
+def _separated_pair(diff: Differential, j: int) -> tuple[str, float, str, float] | None:
+    p = diff.kb.clipped()[:, j]
+    candidates = [i for i in np.argsort(-diff.posterior)[:6] if diff.posterior[i] >= 0.005]
+    best, pair = 0.0, None
+    for a in candidates:
+        for b in candidates:
+            score = diff.posterior[a] * diff.posterior[b] * (p[a] - p[b])
+            if score > best:
+                best, pair = score, (diff.entities[a], float(p[a]), diff.entities[b], float(p[b]))
+    return pair
+
+
+def summarise(
+    diff: Differential,
+    suggestions: list[Suggestion] = (),  # type: ignore[assignment]
+    call: object | None = None,
+    top: int = 5,
+    evidence_for: int = 3,
+) -> dict:
+    """JSON-ready summary: ranked entities, class posteriors, evidence, next stains, call."""
+    kb = diff.kb
+    ranked = diff.ranked()
+    out: dict = {
+        "panel": {r.marker: r.state for r in diff.panel.performed.values()},
+        "unknown_markers": list(diff.panel.unknown),
+        "warnings": list(diff.panel.warnings),
+        "image_used": diff.has_image,
+        "differential": [
+            {
+                "entity": e,
+                "name": kb.entity_names[e],
+                "probability": round(p, 6),
+                "image_class": kb.image_class_of[e],
+                "outside_image_scope": kb.image_class_of[e] is None,
+            }
+            for e, p in ranked[:top]
+        ],
+        "class_probabilities": {k: round(v, 6) for k, v in diff.class_posterior().items()},
+        "evidence": {
+            e: [_evidence_row(ev) for ev in diff.evidence(e)] for e, _ in ranked[:evidence_for]
+        },
+        "next_stains": [_suggestion_row(s) for s in suggestions],
+    }
+    if call is not None:
+        out["call"] = {
+            "label": call.text,
+            "leading": call.label,
+            "entity": call.entity,
+            "probability": round(call.probability, 6),
+            "indeterminate": call.indeterminate,
+            "reasons": call.reasons,
+            "outside_image_scope": call.outside_scope,
+        }
+    return out
+
+
+def _evidence_row(ev: Evidence) -> dict:
+    return {
+        "marker": ev.display,
+        "result": ev.state,
+        "weight": round(ev.weight, 3),
+        "log_lr": round(ev.llr, 3),
+        "direction": ev.direction,
+        "decisive": ev.decisive,
+        "p_result_given_entity": round(ev.p_result, 3),
+    }
+
+
+def _suggestion_row(s: Suggestion) -> dict:
+    row: dict = {
+        "marker": s.display,
+        "expected_entropy_reduction_bits": round(s.entropy_reduction, 4),
+    }
+    if s.separates is not None:
+        a, pa, b, pb = s.separates
+        row["separates"] = {"entity_a": a, "p_positive_a": pa, "entity_b": b, "p_positive_b": pb}
+    else:
+        row["separates"] = None
+    return row
+
+
+def format_summary(summary: dict) -> str:
+    """A plain-text table for people."""
+    lines = []
+    call = summary.get("call")
+    if call:
+        status = "INDETERMINATE" if call["indeterminate"] else "call"
+        lines.append(
+            f"{status}: {call['leading']} ({call['probability']:.2f}), entity {call['entity']}"
+        )
+        lines += [f"  reason: {r}" for r in call["reasons"]]
+        lines.append("")
+    lines.append(f"{'rank':<5}{'entity':<42}{'probability':>12}  image class")
+    for i, row in enumerate(summary["differential"], 1):
+        scope = row["image_class"] or "outside the image model's scope"
+        lines.append(f"{i:<5}{row['name']:<42}{row['probability']:>12.3f}  {scope}")
+    for entity, items in summary["evidence"].items():
+        lines.append(f"\nevidence for {entity} (log likelihood ratio vs the alternatives):")
+        for ev in items:
+            if ev["direction"] == "neutral":
+                continue
+            note = " decisive" if ev["decisive"] else ""
+            if ev["direction"] == "against" and ev["p_result_given_entity"] < 0.1:
+                note += f" (atypical: P={ev['p_result_given_entity']:.2f})"
+            weight = "" if ev["weight"] == 1 else f" [weight {ev['weight']:.2f}, correlated]"
+            lines.append(
+                f"  {ev['direction']:>8} {ev['marker']:<14}{ev['result']:<10}"
+                f"{ev['log_lr']:+6.2f}{weight}{note}"
+            )
+    if summary["next_stains"]:
+        lines.append("\nsuggested next stains (expected information gain):")
+        for s in summary["next_stains"]:
+            sep = s["separates"]
+            tell = (
+                f" separates {sep['entity_a']} ({sep['p_positive_a']:.2f}+)"
+                f" from {sep['entity_b']} ({sep['p_positive_b']:.2f}+)"
+                if sep
+                else ""
+            )
+            lines.append(
+                f"  {s['marker']:<14}{s['expected_entropy_reduction_bits']:.2f} bits{tell}"
+            )
+    for w in summary["warnings"]:
+        lines.append(f"warning: {w}")
+    return "\n".join(lines)

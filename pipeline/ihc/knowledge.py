@@ -1,0 +1,246 @@
+"""The IHC knowledge base (``configs/ihc/knowledge.yaml``): loaded once and validated.
+
+It holds the diagnostic entities, the markers (aliases, compartment), P(positive | entity)
+with sources, correlated marker groups, named priors and the mapping from entities to the
+image model's classes. Validation rejects probabilities outside [0, 1], unknown markers or
+entities anywhere, entities missing a likelihood, and image classes no entity maps to.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from pipeline.core.errors import UsageError
+from pipeline.core.resources import builtin_config
+
+DEFAULT_PATH = builtin_config("ihc/knowledge.yaml")
+
+
+def normalise_name(name: str) -> str:
+    """Case-, space- and punctuation-insensitive key for marker names and aliases."""
+    return re.sub(r"[\s\-_./()]+", "", name.strip().lower())
+
+
+@dataclass(frozen=True)
+class Marker:
+    key: str
+    display: str
+    compartment: str
+    aliases: tuple[str, ...] = ()
+    loss_marker: bool = False
+
+
+@dataclass(frozen=True)
+class Prior:
+    name: str
+    description: str
+    weights: dict[str, float]
+
+
+@dataclass(frozen=True)
+class Scoring:
+    """How focal, equivocal, percentage and H-score results are read."""
+
+    focal_weight: float = 0.75
+    equivocal: str = "uninformative"
+    positive_percent: float = 25.0
+    focal_percent: float = 5.0
+    positive_hscore: float = 100.0
+    focal_hscore: float = 10.0
+
+
+@dataclass
+class KnowledgeBase:
+    """Entities x markers probabilities plus the metadata that interprets them."""
+
+    path: Path
+    entities: list[str]
+    entity_names: dict[str, str]
+    image_class_of: dict[str, str | None]
+    image_classes: list[str]
+    markers: dict[str, Marker]
+    p_positive: np.ndarray
+    """(n_entities, n_markers) P(positive | entity), unclipped, as in the file."""
+    sources: dict[tuple[str, str], str]
+    groups: dict[str, list[str]]
+    redundancy: dict[str, float]
+    scoring: Scoring
+    priors: dict[str, Prior]
+    default_prior: str
+    clip: tuple[float, float]
+    extra: dict = field(default_factory=dict)
+    _alias_index: dict[str, str] = field(default_factory=dict, repr=False)
+    _marker_pos: dict[str, int] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        self._marker_pos = {m: i for i, m in enumerate(self.markers)}
+
+    @property
+    def marker_keys(self) -> list[str]:
+        return list(self.markers)
+
+    def marker_index(self, key: str) -> int:
+        return self._marker_pos[key]
+
+    def group_of(self, marker: str) -> str | None:
+        """The correlated group a marker belongs to, if any."""
+        return next((g for g, members in self.groups.items() if marker in members), None)
+
+    def clipped(self) -> np.ndarray:
+        """P(positive | entity) clipped to the assay error floor and ceiling."""
+        return np.clip(self.p_positive, *self.clip)
+
+    def entity_index(self, entity: str) -> int:
+        return self.entities.index(entity)
+
+    def p(self, entity: str, marker: str) -> float:
+        """P(marker positive | entity), clipped to the assay error floor."""
+        value = self.p_positive[self.entity_index(entity), self.marker_index(marker)]
+        return float(np.clip(value, *self.clip))
+
+    def resolve_marker(self, name: str) -> str | None:
+        """Canonical marker key for a name or alias (``hCaldesmon`` → ``h_caldesmon``)."""
+        return self._alias_index.get(normalise_name(name))
+
+    def prior(self, name: str | None = None) -> np.ndarray:
+        """Normalised prior over ``entities`` for a named prior."""
+        name = name or self.default_prior
+        if name not in self.priors:
+            raise UsageError(f"unknown prior {name!r}; known: {', '.join(self.priors)}")
+        weights = self.priors[name].weights
+        floor = float(self.extra.get("prior_floor", {}).get(name, 0.0))
+        values = np.array([weights.get(e, floor) for e in self.entities], float)
+        return values / values.sum()
+
+
+def _fail(path: Path, problems: list[str]) -> None:
+    if problems:
+        listing = "\n".join(f"  - {p}" for p in problems)
+        raise UsageError(f"{path}: invalid IHC knowledge base:\n{listing}")
+
+
+def load_knowledge(path: str | Path | None = None) -> KnowledgeBase:
+    """Load and validate a knowledge base (default: ``configs/ihc/knowledge.yaml``)."""
+    return _load(Path(path) if path else DEFAULT_PATH)
+
+
+@lru_cache(maxsize=8)
+def _load(path: Path) -> KnowledgeBase:
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as err:
+        raise UsageError(f"{path}: cannot read the IHC knowledge base ({err})") from None
+    problems: list[str] = []
+    entities = list(doc.get("entities") or {})
+    markers_doc = doc.get("markers") or {}
+    image_classes = list(doc.get("image_classes") or [])
+    markers = {
+        key: Marker(
+            key=key,
+            display=str(m.get("display", key)),
+            compartment=str(m.get("compartment", "")),
+            aliases=tuple(m.get("aliases") or ()),
+            loss_marker=bool(m.get("loss_marker", False)),
+        )
+        for key, m in markers_doc.items()
+    }
+    alias_index: dict[str, str] = {}
+    for key, marker in markers.items():
+        for name in (key, marker.display, *marker.aliases):
+            norm = normalise_name(name)
+            if alias_index.setdefault(norm, key) != key:
+                problems.append(f"alias {name!r} names both {alias_index[norm]} and {key}")
+    image_class_of = {}
+    for e, meta in (doc.get("entities") or {}).items():
+        cls = (meta or {}).get("image_class")
+        if cls is not None and cls not in image_classes:
+            problems.append(f"entity {e}: image_class {cls!r} is not in image_classes")
+        image_class_of[e] = cls
+    for cls in image_classes:
+        if cls not in image_class_of.values():
+            problems.append(f"image class {cls!r} has no entity mapped to it")
+    table = doc.get("likelihoods") or {}
+    p = np.full((len(entities), len(markers)), np.nan)
+    sources: dict[tuple[str, str], str] = {}
+    for e in table:
+        if e not in entities:
+            problems.append(f"likelihoods: unknown entity {e!r}")
+    for i, e in enumerate(entities):
+        for m, cell in (table.get(e) or {}).items():
+            if m not in markers:
+                problems.append(f"likelihoods[{e}]: unknown marker {m!r}")
+                continue
+            value = cell.get("p") if isinstance(cell, dict) else cell
+            if not isinstance(value, int | float) or not 0 <= value <= 1:
+                problems.append(f"likelihoods[{e}][{m}]: p={value!r} is not a probability")
+                continue
+            p[i, list(markers).index(m)] = value
+            sources[(e, m)] = str(cell.get("source", "")) if isinstance(cell, dict) else ""
+        missing = [m for j, m in enumerate(markers) if np.isnan(p[i, j])]
+        if missing:
+            problems.append(f"entity {e} has no probability for {', '.join(missing)}")
+    groups = {g: list((v or {}).get("markers", [])) for g, v in (doc.get("groups") or {}).items()}
+    redundancy = {
+        g: float((v or {}).get("redundancy", 0.0)) for g, v in (doc.get("groups") or {}).items()
+    }
+    seen_in: dict[str, str] = {}
+    for g, members in groups.items():
+        problems += [f"group {g}: unknown marker {m!r}" for m in members if m not in markers]
+        if not 0 <= redundancy[g] < 1:
+            problems.append(f"group {g}: redundancy {redundancy[g]} must be in [0, 1)")
+        for m in members:
+            if m in seen_in:
+                problems.append(f"marker {m} is in groups {seen_in[m]} and {g}; keep it in one")
+            seen_in[m] = g
+    try:
+        scoring = Scoring(**(doc.get("scoring") or {}))
+    except TypeError as err:
+        problems.append(f"scoring: {err}")
+        scoring = Scoring()
+    if scoring.equivocal not in ("uninformative", "focal"):
+        problems.append(
+            f"scoring.equivocal must be uninformative or focal, not {scoring.equivocal!r}"
+        )
+    if not 0.5 <= scoring.focal_weight <= 1:
+        problems.append(f"scoring.focal_weight {scoring.focal_weight} must be in [0.5, 1]")
+    priors: dict[str, Prior] = {}
+    floors: dict[str, float] = {}
+    for name, spec in (doc.get("priors") or {}).items():
+        weights = {k: float(v) for k, v in (spec.get("weights") or {}).items()}
+        problems += [f"prior {name}: unknown entity {k!r}" for k in weights if k not in entities]
+        problems += [f"prior {name}: negative weight for {k}" for k, v in weights.items() if v < 0]
+        floors[name] = float(spec.get("floor_weight", 0.0))
+        if sum(weights.values()) + floors[name] <= 0:
+            problems.append(f"prior {name}: weights sum to zero")
+        priors[name] = Prior(name, str(spec.get("description", "")), weights)
+    default_prior = str(doc.get("default_prior", ""))
+    if default_prior not in priors:
+        problems.append(f"default_prior {default_prior!r} is not a defined prior")
+    clip = tuple(doc.get("probability_clip", (0.01, 0.99)))
+    if not (len(clip) == 2 and 0 <= clip[0] < clip[1] <= 1):
+        problems.append(f"probability_clip {clip!r} must be [low, high] within [0, 1]")
+    _fail(path, problems)
+    return KnowledgeBase(
+        path=path,
+        entities=entities,
+        entity_names={e: str((doc["entities"][e] or {}).get("name", e)) for e in entities},
+        image_class_of=image_class_of,
+        image_classes=image_classes,
+        markers=markers,
+        p_positive=p,
+        sources=sources,
+        groups=groups,
+        redundancy=redundancy,
+        scoring=scoring,
+        priors=priors,
+        default_prior=default_prior,
+        clip=(float(clip[0]), float(clip[1])),
+        extra={"prior_floor": floors},
+        _alias_index=alias_index,
+    )

@@ -1,0 +1,206 @@
+"""The slide call, made in one place for ``fascicle predict``, ``evaluate`` and ``ihc``.
+
+Slide image probabilities (already aggregated and calibrated) are fused with the slide's IHC
+panel into a differential over the knowledge base's entities; the leading image class is the
+call unless a rule in ``configs/calls.yaml`` makes it indeterminate, and every rule that
+fires is reported as a reason.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from pipeline.core.errors import UsageError
+from pipeline.core.resources import builtin_config
+from pipeline.ihc.differential import Differential, Suggestion, fuse, next_stains, summarise
+from pipeline.ihc.knowledge import KnowledgeBase
+from pipeline.ihc.panel import Panel
+from pipeline.tiles.aggregate import AGGREGATORS
+
+SLIDE_AGGREGATIONS = ("model", *(a for a in AGGREGATORS if a != "attention"))
+
+
+@dataclass(frozen=True)
+class CallConfig:
+    """The settings of ``configs/calls.yaml``; every key is used."""
+
+    aggregation: str = "model"
+    """``model``: the aggregator the model was trained with; or force mean, top_k, quantile or
+    vote for tile models (MIL models pool tiles themselves)."""
+    top_k_fraction: float = 0.2
+    quantile: float = 0.75
+    min_probability: float = 0.7
+    min_tiles: int = 20
+    min_agreement: float = 0.3
+    image_prob_floor: float = 0.05
+
+    @classmethod
+    def load(cls, path: str | Path | None = None) -> CallConfig:
+        path = Path(path) if path else builtin_config("calls.yaml")
+        try:
+            doc = yaml.safe_load(path.read_text()) or {}
+            config = cls(**doc)
+        except (OSError, yaml.YAMLError) as err:
+            raise UsageError(f"{path}: cannot read call settings ({err})") from None
+        except TypeError as err:
+            raise UsageError(f"{path}: {err}; known keys: {', '.join(asdict(cls()))}") from None
+        if config.aggregation not in SLIDE_AGGREGATIONS:
+            raise UsageError(
+                f"{path}: aggregation must be one of {', '.join(SLIDE_AGGREGATIONS)}, "
+                f"not {config.aggregation!r}"
+            )
+        return config
+
+    def aggregator_for(self, model_aggregator: str) -> str:
+        """The tile aggregator to use with a model trained with ``model_aggregator``."""
+        return model_aggregator if self.aggregation == "model" else self.aggregation
+
+
+@dataclass
+class Call:
+    """The slide's call: a class (or an entity outside the image model), or indeterminate."""
+
+    label: str
+    entity: str
+    probability: float
+    indeterminate: bool
+    reasons: list[str] = field(default_factory=list)
+    outside_scope: bool = False
+
+    @property
+    def text(self) -> str:
+        return "indeterminate" if self.indeterminate else self.label
+
+
+def agreement(image_probs: dict[str, float], diff_ihc_only: Differential) -> float:
+    """Bhattacharyya coefficient between image-only and IHC-only class distributions."""
+    classes = diff_ihc_only.kb.image_classes
+    ihc = diff_ihc_only.class_posterior()
+    a = np.array([image_probs.get(c, 0.0) for c in classes], float)
+    b = np.array([ihc[c] for c in classes], float)
+    if a.sum() <= 0 or b.sum() <= 0:
+        return 0.0
+    return float(np.sqrt((a / a.sum()) * (b / b.sum())).sum())
+
+
+def decide(
+    diff: Differential,
+    config: CallConfig,
+    n_tiles: int | None = None,
+    image_probs: dict[str, float] | None = None,
+    ihc_only: Differential | None = None,
+) -> Call:
+    """Call the slide from the fused differential; indeterminate with reasons when unsure."""
+    classes = diff.class_posterior()
+    label, probability = max(classes.items(), key=lambda kv: kv[1])
+    members = [i for i, e in enumerate(diff.entities) if (diff.kb.image_class_of[e] or e) == label]
+    entity = diff.entities[max(members, key=lambda i: diff.posterior[i])]
+    reasons = []
+    if probability < config.min_probability:
+        reasons.append(
+            f"leading class {label} has probability {probability:.2f} < {config.min_probability}"
+        )
+    if n_tiles is not None and n_tiles < config.min_tiles:
+        reasons.append(f"only {n_tiles} tissue tiles (< {config.min_tiles})")
+    if image_probs is not None and ihc_only is not None and ihc_only.terms:
+        bc = agreement(image_probs, ihc_only)
+        if bc < config.min_agreement:
+            img_top = max(image_probs, key=image_probs.get)
+            ihc_top = max(diff.kb.image_classes, key=ihc_only.class_posterior().get)
+            reasons.append(
+                f"image and IHC conflict (agreement {bc:.2f} < {config.min_agreement}): "
+                f"image favours {img_top}, IHC favours {ihc_top}"
+            )
+    return Call(
+        label=label,
+        entity=entity,
+        probability=probability,
+        indeterminate=bool(reasons),
+        reasons=reasons,
+        outside_scope=diff.kb.image_class_of[entity] is None,
+    )
+
+
+@dataclass
+class SlideCall:
+    """A call with what it rests on: the fused differential and the stains to order next."""
+
+    call: Call
+    differential: Differential
+    next_stains: list[Suggestion]
+    has_ihc: bool
+
+    def summary(self, top: int = 5) -> dict:
+        """JSON-ready: ranked entities, class posteriors, evidence, next stains, the call."""
+        return summarise(self.differential, self.next_stains, self.call, top=top)
+
+
+def make_call(
+    kb: KnowledgeBase,
+    config: CallConfig,
+    panel: Panel | None,
+    image_probs: dict[str, float] | None,
+    prior: str | None = None,
+    train_priors: dict[str, float] | None = None,
+    n_tiles: int | None = None,
+    top: int = 5,
+) -> SlideCall:
+    """The call from image probabilities and/or an IHC panel, by the rules of ``config``."""
+    options = {
+        "prior": prior,
+        "kb": kb,
+        "train_priors": train_priors,
+        "image_floor": config.image_prob_floor,
+    }
+    has_ihc = panel is not None and bool(panel.performed)
+    diff = fuse(panel, image_probs, **options)
+    ihc_only = fuse(panel, None, **options) if has_ihc else None
+    call = decide(diff, config, n_tiles=n_tiles, image_probs=image_probs, ihc_only=ihc_only)
+    stains = next_stains(diff, top=top) if has_ihc else []
+    return SlideCall(call, diff, stains, has_ihc)
+
+
+def parse_image_probs(text: str) -> dict[str, float]:
+    """``class=p,class=p`` (as ``fascicle ihc --image-probs`` takes them)."""
+    probs = {}
+    for item in text.split(","):
+        name, sep, value = item.partition("=")
+        try:
+            probs[name.strip()] = float(value)
+        except ValueError:
+            raise UsageError(f"--image-probs: {item!r} is not class=probability") from None
+        if not sep or not 0 <= probs[name.strip()] <= 1:
+            raise UsageError(f"--image-probs: {item!r} is not class=probability in [0, 1]")
+    return probs
+
+
+def ihc_summary(
+    panel: str | None = None,
+    ihc: str | Path | None = None,
+    slide: str | None = None,
+    image_probs: dict[str, float] | None = None,
+    prior: str | None = None,
+    knowledge: str | Path | None = None,
+    calls: str | Path | None = None,
+    top: int = 5,
+) -> dict:
+    """``fascicle ihc``: the call and differential of a ``panel`` (text), or of ``slide``'s rows
+    in the IHC CSV ``ihc``, with image probabilities if given; JSON-ready."""
+    from pipeline.ihc.knowledge import load_knowledge
+    from pipeline.ihc.panel import parse_panel, read_ihc_csv
+
+    kb = load_knowledge(knowledge)
+    config = CallConfig.load(calls)
+    if panel is not None:
+        parsed = parse_panel(panel, kb)
+    else:
+        panels = read_ihc_csv(ihc, kb)
+        if slide not in panels:
+            known = ", ".join(sorted(panels)[:10])
+            raise UsageError(f"{ihc}: no rows for slide {slide!r} (slides: {known}...)")
+        parsed = panels[slide]
+    return make_call(kb, config, parsed, image_probs, prior, top=top).summary(top=top)

@@ -1,0 +1,173 @@
+"""Experiment configuration: YAML files into typed dataclasses, with dotted overrides.
+
+Relative paths in a config are relative to the working directory, as on the command line.
+
+``fascicle train --config configs/demo.yaml --trainer.max_epochs=3 --data.batch_size=16``.
+An unknown key, in a file or an override, is an error naming the key and the known ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from pipeline.core.errors import UsageError
+from pipeline.core.resources import config_path
+from pipeline.tiles.augment import AugmentConfig
+
+CLASSES = ["leiomyosarcoma", "meningioma", "other_sarcoma"]
+
+
+@dataclass
+class DataConfig:
+    manifest: str = ""
+    tiles_dir: str | None = None
+    """Coordinates from an earlier ``fascicle tile`` with the same parameters; by default
+    slides are tiled into ``<run>/tiles`` (resumable)."""
+    classes: list[str] = field(default_factory=lambda: list(CLASSES))
+    target_mpp: float = 0.5
+    tile_px: int = 224
+    min_tissue: float = 0.5
+    tiles_per_slide: int = 64
+    """Training tiles drawn per slide and epoch (fresh each epoch), then class-balanced."""
+    eval_tiles_per_slide: int = 128
+    batch_size: int = 64
+    num_workers: int = 2
+    val_fraction: float = 0.2
+    test_fraction: float = 0.2
+    tiling_workers: int = 2
+    backend: str = "auto"
+
+
+@dataclass
+class ModelConfig:
+    kind: str = "tile"
+    """``tile`` (tile classifier, end to end) or ``mil`` (attention MIL on frozen features)."""
+    backbone: str = "small_cnn"
+    pretrained: bool = False
+    """ImageNet weights for torchvision backbones, from the local torch cache (never fetched)."""
+    weights_path: str | None = None
+    """A local state-dict file for the backbone (e.g. a pathology foundation model)."""
+    dropout: float = 0.1
+    aggregator: str = "mean"
+    features_dir: str | None = None
+    """MIL: ``fascicle embed`` output; default ``<run>/features``."""
+    encoder: str = "resnet18"
+    """MIL: frozen encoder for ``fascicle embed``."""
+    attention_dim: int = 128
+    max_bag: int = 512
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    warmup_epochs: float = 1.0
+    label_smoothing: float = 0.0
+    class_weights: bool = False
+    """Weight the loss by inverse class frequency (the sampler already balances classes)."""
+
+
+@dataclass
+class TrainerConfig:
+    max_epochs: int = 10
+    accelerator: str = "auto"
+    devices: int | str = "auto"
+    strategy: str = "auto"
+    num_nodes: int = 1
+    precision: str = "32-true"
+    deterministic: bool = False
+    log_every_n_steps: int = 10
+    limit_train_batches: float | int = 1.0
+    limit_val_batches: float | int = 1.0
+
+
+@dataclass
+class RunConfig:
+    out: str = "runs/experiment"
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def features_dir(self) -> Path:
+        """Where ``fascicle embed`` writes and MIL training reads tile features."""
+        m = self.model
+        return Path(m.features_dir) if m.features_dir else Path(self.out) / "features"
+
+
+def _build(cls: type, values: dict, where: str, source: str):
+    if not isinstance(values, dict):
+        raise UsageError(f"{source}: {where or 'the top level'} must be a mapping")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        key = f"{where}.{unknown[0]}" if where else unknown[0]
+        raise UsageError(
+            f"{source}: unknown config key {key!r}; known keys here: {', '.join(sorted(known))}"
+        )
+    kwargs = {}
+    for name, value in values.items():
+        hint = hints[name]
+        path = f"{where}.{name}" if where else name
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = _build(hint, value or {}, path, source)
+        else:
+            kwargs[name] = _coerce(hint, value, path, source)
+    return cls(**kwargs)
+
+
+def _coerce(hint, value, path: str, source: str):
+    allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    if value is None and type(None) in allowed:
+        return None
+    for t in allowed:
+        origin = typing.get_origin(t) or t
+        if origin is float and isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if origin is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if origin in (bool, str, list) and isinstance(value, origin):
+            return value
+    raise UsageError(f"{source}: {path}={value!r} should be {hint}")
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> RunConfig:
+    """Read a YAML config (a file, or a built-in by name: ``demo``, ``default``, ``mil``) and
+    apply ``key.sub=value`` overrides (values parsed as YAML)."""
+    doc: dict = {}
+    path = config_path(path) if path else None
+    source = str(path) if path else "defaults"
+    if path:
+        try:
+            doc = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as err:
+            raise UsageError(f"{path}: cannot read the config ({err})") from None
+    for item in overrides:
+        key, sep, raw = item.removeprefix("--").partition("=")
+        if not sep or not key:
+            raise UsageError(f"override {item!r} must look like --section.key=value")
+        node = doc
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise UsageError(f"override {item!r}: {part} is not a section")
+        node[parts[-1]] = yaml.safe_load(raw) if raw != "" else None
+    config = _build(RunConfig, doc, "", source)
+    if config.model.kind not in ("tile", "mil"):
+        raise UsageError(f"{source}: model.kind must be tile or mil, not {config.model.kind!r}")
+    if not config.data.manifest:
+        raise UsageError(f"{source}: data.manifest is required (a CSV of labelled slides)")
+    return config

@@ -1,0 +1,132 @@
+"""``fascicle train``: fit a tile classifier (or attention MIL) from a YAML config.
+
+Writes to ``config.out``: ``config.yaml`` (resolved), ``splits.csv``, ``tiles/`` (coords,
+resumable), ``logs/`` (CSV) and ``tb/`` (TensorBoard), ``checkpoints/`` (Lightning, for
+resuming), ``model.ckpt`` (the exported model predict uses) and ``metrics.json``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from models.meta import ModelMeta
+from pipeline import __version__
+from pipeline.core.atomic import write_text
+from pipeline.core.hashing import file_sha256
+from pipeline.training.config import RunConfig
+from pipeline.training.trainer import TrainResult, best_state, make_trainer, write_model
+
+MIN_SLIDES_FOR_TEMPERATURE = 10
+
+
+def train(config: RunConfig, progress: bool = True) -> TrainResult | None:
+    """Train per ``config``; returns the exported model on rank 0 (None on other ranks)."""
+    import pytorch_lightning as pl
+
+    run_dir = Path(config.out)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_text(run_dir / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
+    pl.seed_everything(config.seed, workers=True, verbose=False)
+    if config.model.kind == "mil":
+        from pipeline.training.mil import train_mil
+
+        return train_mil(config, run_dir, progress)
+    return _train_tiles(config, run_dir, progress)
+
+
+def _train_tiles(config: RunConfig, run_dir: Path, progress: bool) -> TrainResult | None:
+    from models.backbones import build_backbone
+    from models.tile_classifier import TileClassifier
+    from pipeline.tiles.augment import Macenko, build_transform
+    from pipeline.tiles.dataset import sample_tiles
+    from pipeline.training.datamodule import TileDataModule, prepare_slides, write_splits
+
+    d, m, o = config.data, config.model, config.optim
+    slides = prepare_slides(config, run_dir, progress)
+    write_splits(run_dir / "splits.csv", slides)
+    _, _, mean, std = build_backbone(m.backbone, m.pretrained, m.weights_path)
+    sample = sample_tiles(slides, 256, config.seed, d.backend)
+    macenko = (
+        Macenko().fit(sample).state() if config.augment.stain_normalisation == "macenko" else None
+    )
+    if mean is None:  # trained from scratch: statistics of the training tiles
+        pixels = np.concatenate([t.reshape(-1, 3) for t in sample]) / 255.0
+        mean, std = pixels.mean(0).tolist(), np.maximum(pixels.std(0), 1e-3).tolist()
+    train_counts = np.bincount(
+        [s.label for s in slides if s.split == "train"], minlength=len(d.classes)
+    )
+    meta = ModelMeta(
+        kind="tile",
+        classes=list(d.classes),
+        target_mpp=d.target_mpp,
+        tile_px=d.tile_px,
+        min_tissue=d.min_tissue,
+        mean=[float(v) for v in mean],
+        std=[float(v) for v in std],
+        macenko=macenko,
+        backbone=m.backbone,
+        pretrained=m.pretrained,
+        weights_path=m.weights_path,
+        dropout=m.dropout,
+        aggregator=m.aggregator,
+        temperature=1.0,
+        train_class_priors=(train_counts / train_counts.sum()).tolist(),
+        class_weights=(
+            train_counts.sum() / (len(train_counts) * np.maximum(train_counts, 1))
+        ).tolist()
+        if o.class_weights
+        else None,
+        label_smoothing=o.label_smoothing,
+        lr=o.lr,
+        weight_decay=o.weight_decay,
+        warmup_epochs=o.warmup_epochs,
+        manifest_sha256=file_sha256(d.manifest),
+        package_version=__version__,
+        seed=config.seed,
+    )
+    model = TileClassifier(meta)
+    datamodule = TileDataModule(
+        config,
+        slides,
+        build_transform(config.augment, meta.mean, meta.std, True, macenko, config.seed),
+        build_transform(config.augment, meta.mean, meta.std, False, macenko),
+    )
+    trainer, checkpoint = make_trainer(config, run_dir, progress)
+    trainer.fit(model, datamodule)
+    if trainer.global_rank != 0:
+        return None
+    model.load_state_dict(best_state(checkpoint, model))
+    return write_model(run_dir, model, meta, calibrate(model, meta, datamodule, config), checkpoint)
+
+
+def calibrate(model, meta: ModelMeta, datamodule, config: RunConfig) -> dict:
+    """Fit the temperature on validation slides (when there are enough) and return the
+    validation metrics with it; sets ``meta.temperature``."""
+    from models.metrics import slide_metrics
+    from pipeline.tiles.aggregate import aggregate, apply_temperature, fit_temperature
+    from pipeline.tiles.runner import run_tiles
+
+    val = datamodule.eval_dataset("val")
+    model.cpu().eval()
+    tile_probs = run_tiles(model.forward_tiles, val, ["probs"], config.data.batch_size)
+    tile_probs = tile_probs.outputs["probs"]
+    slide_ids = sorted(set(val.items[:, 0].tolist()))
+    probs = np.array(
+        [aggregate(tile_probs[val.items[:, 0] == s], meta.aggregator) for s in slide_ids]
+    )
+    labels = np.array([datamodule.slides[s].label for s in slide_ids])
+    fitted = len(slide_ids) >= MIN_SLIDES_FOR_TEMPERATURE
+    if fitted:
+        meta.temperature = fit_temperature(probs, labels)
+    return {
+        "val_slides": len(slide_ids),
+        "val": slide_metrics(apply_temperature(probs, meta.temperature), labels, meta.classes),
+        "temperature": meta.temperature,
+        "temperature_fitted": fitted,
+        "temperature_note": ""
+        if fitted
+        else f"fewer than {MIN_SLIDES_FOR_TEMPERATURE} validation slides: temperature left at 1",
+    }

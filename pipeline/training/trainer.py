@@ -1,0 +1,94 @@
+"""What tile and MIL training share: the Lightning trainer with its loggers and checkpoint,
+the best weights after fitting, and writing the exported model with its metrics."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from torch import nn
+
+from models.meta import ModelMeta
+from pipeline.core.atomic import write_text
+from pipeline.training.config import RunConfig
+
+log = logging.getLogger(__name__)
+MONITOR = "val/slide_balanced_accuracy"
+
+
+@dataclass
+class TrainResult:
+    model_path: Path
+    metrics: dict
+
+    def describe(self) -> str:
+        val = self.metrics["val"]
+        return (
+            f"model: {self.model_path}\nvalidation ({self.metrics['val_slides']} slides): "
+            f"slide balanced accuracy {val['balanced_accuracy']:.3f}, "
+            f"macro AUROC {val['auroc_macro']:.3f}"
+        )
+
+
+def make_trainer(config: RunConfig, run_dir: Path, progress: bool):
+    """A Lightning trainer per ``config.trainer`` and the checkpoint callback it uses."""
+    import pytorch_lightning as pl
+    from pytorch_lightning.callbacks import ModelCheckpoint
+    from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
+
+    t = config.trainer
+    checkpoint = ModelCheckpoint(
+        dirpath=run_dir / "checkpoints",
+        monitor=MONITOR,
+        mode="max",
+        save_last=True,
+        filename="best-{epoch:03d}",
+    )
+    trainer = pl.Trainer(
+        max_epochs=t.max_epochs,
+        accelerator=t.accelerator,
+        devices=t.devices,
+        strategy=t.strategy,
+        num_nodes=t.num_nodes,
+        precision=t.precision,
+        deterministic=t.deterministic,
+        log_every_n_steps=t.log_every_n_steps,
+        limit_train_batches=t.limit_train_batches,
+        limit_val_batches=t.limit_val_batches,
+        logger=[CSVLogger(run_dir, name="logs"), TensorBoardLogger(run_dir, name="tb")],
+        callbacks=[checkpoint],
+        use_distributed_sampler=False,
+        enable_progress_bar=progress,
+        enable_model_summary=progress,
+        default_root_dir=run_dir,
+    )
+    return trainer, checkpoint
+
+
+def best_state(checkpoint, model: nn.Module) -> dict:
+    """Weights of the best checkpoint (or the current ones if none was kept)."""
+    import torch
+
+    path = checkpoint.best_model_path or checkpoint.last_model_path
+    if not path:
+        return model.state_dict()
+    return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+
+
+def write_model(
+    run_dir: Path, model: nn.Module, meta: ModelMeta, metrics: dict, checkpoint
+) -> TrainResult:
+    """``model.ckpt`` and ``metrics.json`` (with the best checkpoint) in ``run_dir``."""
+    from models.checkpoint import save_model
+
+    metrics["best_checkpoint"] = str(checkpoint.best_model_path)
+    metrics["best_score"] = (
+        None if checkpoint.best_model_score is None else float(checkpoint.best_model_score)
+    )
+    meta.val_slide_metrics = metrics["val"]
+    path = save_model(run_dir / "model.ckpt", model, meta)
+    write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2, default=float) + "\n")
+    log.info("model written to %s", path)
+    return TrainResult(path, metrics)
