@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+from pipeline.core.classes import ClassScheme
+
 REQUIRED = (
     "kind",
     "classes",
@@ -58,6 +60,19 @@ class ModelMeta:
     feature_dim: int | None = None
     attention_dim: int = 128
     max_bag: int | None = None
+    label_map: dict | None = None
+    """Manifest label → class for labels not named like a class (see ``ClassScheme``)."""
+    rest_class: str | None = None
+    """One-vs-rest: the class of every label but the positive one."""
+    positive_class: str | None = None
+    class_balance: list[float] | None = None
+    """The class balance the sampler trained at (None in older files: they balanced too)."""
+    calibration: dict | None = None
+    """How the temperature was fitted (on slides, on tiles, or not) and ECE before/after."""
+    conformal_scores: list[float] | None = None
+    """Nonconformity (1 − p(true class)) of calibration slides, for prediction sets."""
+    ood: dict | None = None
+    """Out-of-distribution detector settings (its tensors are in the state dict)."""
     extra: dict = field(default_factory=dict)
 
     @classmethod
@@ -78,6 +93,15 @@ class ModelMeta:
         """Plain values only (the model file loads with ``weights_only=True``)."""
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
         return {**out, **self.extra}
+
+    def scheme(self) -> ClassScheme:
+        return ClassScheme(self.classes, self.label_map or {}, self.rest_class, self.positive_class)
+
+    def balance(self) -> dict[str, float]:
+        """Class → the share the model was trained at (uniform when not recorded)."""
+        values = self.class_balance or [1.0] * len(self.classes)
+        total = sum(values)
+        return {c: v / total for c, v in zip(self.classes, values, strict=True)}
 
     @property
     def pools_tiles(self) -> bool:

@@ -16,6 +16,7 @@ from torch import nn
 
 from .meta import ModelMeta
 from .metrics import slide_metrics
+from .ood import MahalanobisOOD
 from .outputs import SlideOutput
 
 
@@ -70,7 +71,8 @@ class ABMIL(pl.LightningModule):
         probs = torch.cat([p for p, _ in self._val]).cpu().numpy()
         labels = torch.cat([y for _, y in self._val]).cpu().numpy()
         self._val.clear()
-        for key, value in slide_metrics(probs, labels, self.classes).items():
+        positive = self.meta.scheme().positive_index
+        for key, value in slide_metrics(probs, labels, self.classes, positive).items():
             if not math.isnan(value):
                 self.log(f"val/slide_{key}", value, prog_bar=key == "balanced_accuracy")
 
@@ -113,6 +115,7 @@ class MILBundle(nn.Module):
         self.encoder = encoder
         self.mil = ABMIL(meta)
         self.meta = meta
+        self.ood = MahalanobisOOD(len(meta.classes), meta.ood["dim"]) if meta.ood else None
         self.classes = self.mil.classes
 
     def forward(self, tiles: torch.Tensor) -> torch.Tensor:
@@ -131,5 +134,6 @@ class MILBundle(nn.Module):
         with torch.no_grad():
             weights, _ = self.mil.attention(features, mask)
             slide = self.mil(features, mask).float().softmax(1).cpu().numpy()[0]
+            ood = self.ood(features[0]).cpu().numpy() if self.ood is not None else None
         tiles = np.repeat(slide[None], features.shape[1], axis=0)
-        return SlideOutput(tiles, slide, weights[0].float().cpu().numpy())
+        return SlideOutput(tiles, slide, weights[0].float().cpu().numpy(), ood)

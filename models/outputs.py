@@ -23,6 +23,8 @@ class SlideOutput:
     """(K,) when the model pools tiles itself; None: aggregate ``tile_probs``."""
     attention: np.ndarray | None = None
     """(N,) attention weights, for models that have them."""
+    ood: np.ndarray | None = None
+    """(N,) out-of-distribution scores, for models with a fitted detector."""
 
 
 class SlideModel(Protocol):

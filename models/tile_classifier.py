@@ -19,12 +19,11 @@ from torch import nn
 from .backbones import build_backbone
 from .meta import ModelMeta
 from .metrics import per_slide_mean, slide_metrics
+from .ood import MahalanobisOOD
 from .outputs import SlideOutput
 
 
 class TileClassifier(pl.LightningModule):
-    slide_inputs = ("probs",)
-
     def __init__(self, meta: ModelMeta, load_weights: bool = True):
         super().__init__()
         self.save_hyperparameters({"config": meta.to_dict()})
@@ -37,6 +36,8 @@ class TileClassifier(pl.LightningModule):
         )
         self.backbone = backbone
         self.head = nn.Sequential(nn.Dropout(meta.dropout), nn.Linear(dim, len(self.classes)))
+        self.feature_dim = dim
+        self.ood = MahalanobisOOD(len(self.classes), meta.ood["dim"]) if meta.ood else None
         weights = meta.class_weights
         self.loss = nn.CrossEntropyLoss(
             weight=torch.tensor(weights, dtype=torch.float32) if weights else None,
@@ -48,12 +49,19 @@ class TileClassifier(pl.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(x))
 
+    @property
+    def slide_inputs(self) -> tuple[str, ...]:
+        return ("probs", "ood") if self.ood is not None else ("probs",)
+
     def forward_tiles(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         features = self.backbone(images)
-        return {"features": features, "probs": self.head(features).float().softmax(1)}
+        out = {"features": features, "probs": self.head(features).float().softmax(1)}
+        if self.ood is not None:
+            out["ood"] = self.ood(features)
+        return out
 
     def forward_slide(self, outputs: dict[str, np.ndarray]) -> SlideOutput:
-        return SlideOutput(tile_probs=outputs["probs"])
+        return SlideOutput(tile_probs=outputs["probs"], ood=outputs.get("ood"))
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         logits = self(batch["image"])
@@ -82,7 +90,9 @@ class TileClassifier(pl.LightningModule):
         p, y, s = probs.cpu().numpy(), labels.cpu().numpy(), slides.cpu().numpy()
         ids, slide_probs = per_slide_mean(p, s)
         first = {int(i): int(y[np.flatnonzero(s == i)[0]]) for i in ids}
-        metrics = slide_metrics(slide_probs, np.array([first[int(i)] for i in ids]), self.classes)
+        labels = np.array([first[int(i)] for i in ids])
+        positive = self.meta.scheme().positive_index
+        metrics = slide_metrics(slide_probs, labels, self.classes, positive)
         metrics["tile_accuracy"] = tile_acc
         self.last_slide_metrics = metrics
         for key, value in metrics.items():

@@ -108,12 +108,12 @@ def _run_embed(args: argparse.Namespace) -> int:
 
 
 def _run_predict(args: argparse.Namespace) -> int:
-    from pipeline.prediction import predict
+    from pipeline.prediction import predict, session
     from pipeline.wsi.manifest import slide_entries
 
     entries = slide_entries(args.slides, args.manifest, args.slide_mpp)
-    entries = predict.shard(entries, *predict.parse_shard(args.shard))
-    options = predict.PredictOptions(**_fields(args, predict.PredictOptions))
+    entries = session.shard(entries, *session.parse_shard(args.shard))
+    options = session.PredictOptions(**_fields(args, session.PredictOptions))
     if args.devices > 1:
         rows = predict.predict_on_devices(
             entries, args.model, args.out, options, args.devices, args.ihc
@@ -157,6 +157,11 @@ def _batch_args(p: argparse.ArgumentParser, workers: int, what: str) -> None:
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--workers", type=int, default=workers, help=f"{what} ({workers})")
     p.add_argument("--overwrite", action="store_true", help="redo finished slides")
+
+
+def _call_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--prior", help="named prior of the knowledge base (default: neutral)")
+    p.add_argument("--coverage", type=_fraction, help="conformal prediction sets, e.g. 0.9")
 
 
 def _slides_args(p: argparse.ArgumentParser) -> None:
@@ -219,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     _batch_args(p, 2, "tile-reading DataLoader workers")
     p.add_argument("--model", type=Path, required=True, help="model.ckpt from fascicle train")
     p.add_argument("--ihc", type=Path, help="IHC CSV (long or wide) keyed by slide_id")
-    p.add_argument("--prior", help="named prior of the knowledge base")
+    _call_args(p)
     p.add_argument("--batch-size", type=int, default=64, help="tiles per batch (64)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--devices", type=int, default=1, help="processes, one per device (1)")
@@ -234,6 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--split", default="test", help="manifest split to evaluate (test)")
     p.add_argument("--ihc", type=Path, help="IHC CSV, fused into the calls")
+    _call_args(p)
     p.add_argument("--min-balanced-accuracy", type=_fraction)
     p.add_argument("--min-auroc", type=_fraction)
     p.add_argument("--bootstrap", dest="n_boot", type=int, default=1000, help="resamples (0: none)")

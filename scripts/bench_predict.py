@@ -126,7 +126,8 @@ def peak_rss(slide: Path, model: Path, out: Path, args) -> float:
 
 def main() -> None:
     from models.checkpoint import load_model
-    from pipeline.prediction.predict import PredictOptions, load_for_prediction, predict_slide
+    from pipeline.prediction.predict import predict_slide
+    from pipeline.prediction.session import PredictOptions, load_for_prediction
     from pipeline.tiles.runner import resolve_device
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -51,19 +51,27 @@ def evaluate_slides(
     workers: int = 2,
     device: str = "auto",
     progress: bool = True,
+    prior: str | None = None,
+    coverage: float | None = None,
 ) -> dict:
-    """Predict the held-out slides of ``manifest`` and score them."""
+    """Predict the held-out slides of ``manifest`` and score them (labels mapped to the
+    model's classes by its class scheme)."""
     from models.checkpoint import read_meta
-    from pipeline.prediction.predict import PredictOptions, predict_slides
+    from pipeline.prediction.predict import predict_slides
     from pipeline.prediction.result import read_result, result_path
+    from pipeline.prediction.session import PredictOptions
 
-    classes = read_meta(model).classes
-    entries = held_out(read_manifest(manifest, labels=classes), split)
+    meta = read_meta(model)
+    scheme, classes = meta.scheme(), meta.classes
+    known = None if scheme.rest else [*classes, *scheme.label_map]
+    entries = held_out(read_manifest(manifest, labels=known), split)
     if not entries:
         raise UsageError(
             f"{manifest}: no labelled slides{f' in split {split}' if split else ''} to evaluate"
         )
-    options = PredictOptions(workers=workers, device=device, progress=progress)
+    options = PredictOptions(
+        workers=workers, device=device, progress=progress, prior=prior, coverage=coverage
+    )
     held = [
         {
             "slide_id": e.slide_id,
@@ -100,7 +108,7 @@ def evaluate_slides(
             }
         )
         probs.append(p)
-        labels.append(classes.index(e.label))
+        labels.append(scheme.index_of(e.label))
         groups.append(e.patient_id)
         decided.append(not result.call.indeterminate)
     columns = [
@@ -125,6 +133,7 @@ def evaluate_slides(
         classes,
         np.array(decided),
         n_boot,
+        scheme.positive_index,
     )
     report["failed_slides"] = [r["slide_id"] for r in rows if r["status"] != "ok"]
     return report
@@ -142,6 +151,8 @@ def run_evaluation(
     workers: int = 2,
     device: str = "auto",
     progress: bool = True,
+    prior: str | None = None,
+    coverage: float | None = None,
 ) -> tuple[dict, list[str]]:
     """Evaluate, write ``metrics.json`` and return it with the gate failures."""
     from pipeline import __version__
@@ -152,7 +163,7 @@ def run_evaluation(
     if manifest is not None:
         levels = {
             "slide": evaluate_slides(
-                manifest, model, out, split, n_boot, ihc, workers, device, progress
+                manifest, model, out, split, n_boot, ihc, workers, device, progress, prior, coverage
             )
         }
     else:
@@ -165,6 +176,7 @@ def run_evaluation(
         "package_version": __version__,
         "source": str(manifest or bank),
         "split": split,
+        "prior": prior or "neutral (the training balance)",
         "bootstrap_resamples": n_boot,
         "levels": levels,
         "gate": {

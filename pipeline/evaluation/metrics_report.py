@@ -17,14 +17,18 @@ from sklearn.metrics import (
     balanced_accuracy_score,
     confusion_matrix,
     precision_recall_fscore_support,
-    roc_auc_score,
 )
 
+from models.metrics import auroc, binary_extras
 from pipeline.tiles.aggregate import expected_calibration_error
 
 
 def point_metrics(
-    probs: np.ndarray, labels: np.ndarray, classes: list[str], decided: np.ndarray | None = None
+    probs: np.ndarray,
+    labels: np.ndarray,
+    classes: list[str],
+    decided: np.ndarray | None = None,
+    positive: int = 0,
 ) -> dict[str, float]:
     """Accuracy, balanced accuracy, per-class precision/recall/F1, macro AUROC, ECE and,
     with ``decided`` (False = indeterminate), the indeterminate rate and decided accuracy."""
@@ -37,13 +41,9 @@ def point_metrics(
         else math.nan,
         "ece": expected_calibration_error(probs, labels),
     }
-    present = set(np.unique(labels).tolist())
-    if len(present) == k and k > 1:
-        out["auroc_macro"] = float(
-            roc_auc_score(labels, probs, multi_class="ovr", labels=list(range(k)))
-        )
-    else:
-        out["auroc_macro"] = math.nan
+    out["auroc_macro"] = auroc(probs, labels, k, positive)
+    if k == 2:
+        out.update(binary_extras(probs, labels, positive))
     p, r, f, _ = precision_recall_fscore_support(
         labels, pred, labels=list(range(k)), zero_division=0
     )
@@ -69,6 +69,7 @@ def bootstrap(
     decided: np.ndarray | None = None,
     n: int = 1000,
     seed: int = 0,
+    positive: int = 0,
 ) -> dict[str, list[float]]:
     """95% percentile intervals per metric from ``n`` resamples of the groups (patients)."""
     rng = np.random.default_rng(seed)
@@ -80,7 +81,8 @@ def bootstrap(
         for _ in range(n):
             pick = np.concatenate([members[i] for i in rng.integers(0, len(unique), len(unique))])
             d = decided[pick] if decided is not None else None
-            for key, value in point_metrics(probs[pick], labels[pick], classes, d).items():
+            metrics = point_metrics(probs[pick], labels[pick], classes, d, positive)
+            for key, value in metrics.items():
                 samples.setdefault(key, []).append(value)
     intervals = {}
     for key, values in samples.items():
@@ -168,10 +170,16 @@ def save_plots(
     return names
 
 
-def report_level(out: Path, level: str, probs, labels, groups, classes, decided, n_boot) -> dict:
+def report_level(
+    out: Path, level: str, probs, labels, groups, classes, decided, n_boot, positive: int = 0
+) -> dict:
     """Metrics, patient-bootstrap intervals, confusion matrix and plots of one level."""
-    metrics = point_metrics(probs, labels, classes, decided)
-    intervals = bootstrap(probs, labels, groups, classes, decided, n=n_boot) if n_boot else {}
+    metrics = point_metrics(probs, labels, classes, decided, positive)
+    intervals = (
+        bootstrap(probs, labels, groups, classes, decided, n=n_boot, positive=positive)
+        if n_boot
+        else {}
+    )
     plots = save_plots(out, probs, labels, classes, level)
     return {
         "n": len(labels),

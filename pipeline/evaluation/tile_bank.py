@@ -141,24 +141,31 @@ def evaluate_tiles(
                 f"{bank}: tiles are {f.attrs['tile_px']} px at {f.attrs['target_mpp']} µm/px but "
                 f"the model wants {m.tile_px} px at {m.target_mpp} µm/px; export the bank again"
             )
-        missing = [c for c in classes if c not in m.classes]
+        scheme = m.scheme()
+        missing = [c for c in classes if scheme.class_of(c) is None]
         if missing:
-            raise UsageError(f"{bank}: classes {', '.join(missing)} unknown to the model")
-        remap = np.array([m.classes.index(c) for c in classes])
+            raise UsageError(
+                f"{bank}: labels {', '.join(missing)} unknown to the model "
+                f"({scheme.describe_labels()})"
+            )
+        remap = np.array([scheme.index_of(c) for c in classes])
         labels = remap[f["labels"][:]]
         slides = f["slide_id"].asstr()[:]
         patients = f["patient_id"].asstr()[:]
         transform = build_transform(AugmentConfig(), m.mean, m.std, False, m.macenko)
         run = run_tiles(model.forward_tiles, BankDataset(f, transform), ["probs"], batch_size)
     probs, k = run.outputs["probs"], m.classes
-    tile_report = _report(out, "tile", probs, labels, patients, k, None, n_boot)
+    pos = scheme.positive_index
+    tile_report = _report(out, "tile", probs, labels, patients, k, None, n_boot, pos)
     ids = sorted(set(slides))
     slide_probs = np.array(
         [apply_temperature(aggregate(probs[slides == s], m.aggregator), m.temperature) for s in ids]
     )
     slide_labels = np.array([labels[slides == s][0] for s in ids])
     slide_groups = np.array([patients[slides == s][0] for s in ids])
-    slide_report = _report(out, "slide", slide_probs, slide_labels, slide_groups, k, None, n_boot)
+    slide_report = _report(
+        out, "slide", slide_probs, slide_labels, slide_groups, k, None, n_boot, pos
+    )
     rows = [
         {
             "slide_id": s,

@@ -2,10 +2,10 @@
 
 posterior(entity) ∝ prior(entity) × image likelihood × IHC likelihood, where
 
-* the image likelihood of an entity is P(image | its image class) ∝ q_c / π_c (calibrated slide
-  probability over the class's share of the training set); entities the image model was not
-  trained on get the neutral value 1 and are flagged as outside its scope. Image
-  probabilities are floored (default 0.05) because no model is ever certain;
+* the prior and the image likelihood come from ``pipeline.ihc.image`` (one probability
+  model: q(c) / β(c) over the model's classes, the user's prior over classes, entities the
+  model cannot see "unknown" rather than zero). Image probabilities are floored (default
+  0.05) in the fusion because no model is ever certain;
 * the IHC likelihood multiplies P(result | entity) over markers, with probabilities clipped
   to [0.01, 0.99]; focal results are a softened positive; within a correlated lineage group
   the most decisive observed marker counts fully and each further one with weight
@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from pipeline.core.errors import UsageError
+from pipeline.ihc.image import ImageEvidence, entity_prior_and_likelihood
 from pipeline.ihc.knowledge import KnowledgeBase, load_knowledge
 from pipeline.ihc.panel import MarkerResult, Panel
 
@@ -73,35 +73,6 @@ def ihc_terms(kb: KnowledgeBase, panel: Panel) -> list[tuple[MarkerResult, float
     return sorted(out, key=lambda t: t[0].marker)
 
 
-def image_likelihood(
-    kb: KnowledgeBase,
-    probs: dict[str, float] | None,
-    train_priors: dict[str, float] | None = None,
-    floor: float = 0.05,
-) -> np.ndarray:
-    """P(image | entity) up to a constant; 1 (neutral) without image or outside its classes."""
-    classes = kb.image_classes
-    if probs is None:
-        return np.ones(len(kb.entities))
-    unknown = [c for c in probs if c not in classes]
-    if unknown:
-        raise UsageError(
-            f"image class(es) {', '.join(unknown)} unknown; expected {', '.join(classes)}"
-        )
-    q = np.array([max(float(probs.get(c, 0.0)), 0.0) for c in classes])
-    if q.sum() <= 0:
-        raise UsageError("image probabilities must not all be zero")
-    q = q / q.sum()
-    q = np.maximum(q, floor)
-    q = q / q.sum()
-    pi = np.array([float((train_priors or {}).get(c, 1.0 / len(classes))) for c in classes])
-    pi = pi / pi.sum()
-    ratio = dict(zip(classes, q / pi, strict=True))
-    return np.array(
-        [ratio.get(kb.image_class_of[e], 1.0) if kb.image_class_of[e] else 1.0 for e in kb.entities]
-    )
-
-
 @dataclass
 class Evidence:
     """One marker's contribution to one entity."""
@@ -150,7 +121,18 @@ class Differential:
 
     @property
     def has_image(self) -> bool:
-        return self.inputs.get("image_probs") is not None
+        return self.inputs.get("image") is not None
+
+    @property
+    def classes(self) -> list[str]:
+        """The classes calls are made over: the image model's, else the knowledge base's."""
+        image = self.inputs.get("image")
+        return image.classes if image is not None else list(self.kb.image_classes)
+
+    def class_of(self, entity: str) -> str | None:
+        """The class an entity belongs to (None: outside the image model's scope)."""
+        image = self.inputs.get("image")
+        return image.class_of.get(entity) if image is not None else self.kb.image_class_of[entity]
 
     def ranked(self) -> list[tuple[str, float]]:
         order = np.argsort(-self.posterior, kind="stable")
@@ -159,9 +141,9 @@ class Differential:
     def class_posterior(self) -> dict[str, float]:
         """Posterior summed per image class; entities outside the image model's scope stay
         separate under their own names."""
-        out: dict[str, float] = dict.fromkeys(self.kb.image_classes, 0.0)
+        out: dict[str, float] = dict.fromkeys(self.classes, 0.0)
         for e, p in zip(self.entities, self.posterior, strict=True):
-            key = self.kb.image_class_of[e] or e
+            key = self.class_of(e) or e
             out[key] = out.get(key, 0.0) + float(p)
         return out
 
@@ -188,22 +170,30 @@ class Differential:
         return sorted(out, key=lambda ev: -abs(ev.llr))
 
     def in_scope(self, entity: str) -> bool:
-        return self.kb.image_class_of[entity] is not None
+        return self.class_of(entity) is not None
 
 
 def fuse(
     panel: Panel | None = None,
-    image_probs: dict[str, float] | None = None,
+    image: ImageEvidence | dict[str, float] | None = None,
     prior: str | None = None,
     kb: KnowledgeBase | None = None,
-    train_priors: dict[str, float] | None = None,
     image_floor: float = 0.05,
 ) -> Differential:
-    """The posterior over entities from the prior, the image and the IHC panel."""
+    """The posterior over entities from the prior, the image and the IHC panel.
+
+    ``image``: a model's evidence (its class prior defaults to neutral), or probabilities over
+    the knowledge base's image classes from no particular model (the prior defaults to the
+    knowledge base's default prior, as in ``fascicle ihc``)."""
     kb = kb or load_knowledge()
     panel = panel or Panel()
-    pri = kb.prior(prior)
-    img = image_likelihood(kb, image_probs, train_priors, image_floor)
+    if isinstance(image, dict):  # no model: the knowledge base's classes and prior
+        image = ImageEvidence.build(image, list(kb.image_classes), dict(kb.image_class_of))
+        prior = prior or kb.default_prior
+    if image is None:
+        pri, img = kb.prior(prior), np.ones(len(kb.entities))
+    else:
+        pri, img = entity_prior_and_likelihood(kb, image, prior, image_floor)
     terms = ihc_terms(kb, panel)
     ll = np.zeros(len(kb.entities))
     for _, weight, term in terms:
@@ -220,12 +210,7 @@ def fuse(
         kb=kb,
         panel=panel,
         terms=terms,
-        inputs={
-            "image_probs": image_probs,
-            "prior": prior,
-            "train_priors": train_priors,
-            "image_floor": image_floor,
-        },
+        inputs={"image": image, "prior": prior, "image_floor": image_floor},
     )
 
 
@@ -293,8 +278,8 @@ def summarise(
                 "entity": e,
                 "name": kb.entity_names[e],
                 "probability": round(p, 6),
-                "image_class": kb.image_class_of[e],
-                "outside_image_scope": kb.image_class_of[e] is None,
+                "image_class": diff.class_of(e),
+                "outside_image_scope": diff.class_of(e) is None,
             }
             for e, p in ranked[:top]
         ],

@@ -17,6 +17,7 @@ import yaml
 from pipeline.core.errors import UsageError
 from pipeline.core.resources import builtin_config
 from pipeline.ihc.differential import Differential, Suggestion, fuse, next_stains, summarise
+from pipeline.ihc.image import ImageEvidence
 from pipeline.ihc.knowledge import KnowledgeBase
 from pipeline.ihc.panel import Panel
 from pipeline.tiles.aggregate import AGGREGATORS
@@ -37,6 +38,8 @@ class CallConfig:
     min_tiles: int = 20
     min_agreement: float = 0.3
     image_prob_floor: float = 0.05
+    max_ood_fraction: float = 0.25
+    """More tiles unlike the training data than this share: indeterminate."""
 
     @classmethod
     def load(cls, path: str | Path | None = None) -> CallConfig:
@@ -78,7 +81,7 @@ class Call:
 
 def agreement(image_probs: dict[str, float], diff_ihc_only: Differential) -> float:
     """Bhattacharyya coefficient between image-only and IHC-only class distributions."""
-    classes = diff_ihc_only.kb.image_classes
+    classes = diff_ihc_only.classes
     ihc = diff_ihc_only.class_posterior()
     a = np.array([image_probs.get(c, 0.0) for c in classes], float)
     b = np.array([ihc[c] for c in classes], float)
@@ -87,18 +90,9 @@ def agreement(image_probs: dict[str, float], diff_ihc_only: Differential) -> flo
     return float(np.sqrt((a / a.sum()) * (b / b.sum())).sum())
 
 
-def decide(
-    diff: Differential,
-    config: CallConfig,
-    n_tiles: int | None = None,
-    image_probs: dict[str, float] | None = None,
-    ihc_only: Differential | None = None,
-) -> Call:
-    """Call the slide from the fused differential; indeterminate with reasons when unsure."""
-    classes = diff.class_posterior()
-    label, probability = max(classes.items(), key=lambda kv: kv[1])
-    members = [i for i, e in enumerate(diff.entities) if (diff.kb.image_class_of[e] or e) == label]
-    entity = diff.entities[max(members, key=lambda i: diff.posterior[i])]
+def _common_reasons(
+    label: str, probability: float, config: CallConfig, n_tiles: int | None
+) -> list[str]:
     reasons = []
     if probability < config.min_probability:
         reasons.append(
@@ -106,11 +100,29 @@ def decide(
         )
     if n_tiles is not None and n_tiles < config.min_tiles:
         reasons.append(f"only {n_tiles} tissue tiles (< {config.min_tiles})")
+    return reasons
+
+
+def decide(
+    diff: Differential,
+    config: CallConfig,
+    n_tiles: int | None = None,
+    image_probs: dict[str, float] | None = None,
+    ihc_only: Differential | None = None,
+    reasons: list[str] = (),  # type: ignore[assignment]
+) -> Call:
+    """Call the slide from the fused differential; indeterminate with reasons when unsure
+    (``reasons``: ones found before, such as tissue unlike the training data)."""
+    classes = diff.class_posterior()
+    label, probability = max(classes.items(), key=lambda kv: kv[1])
+    members = [i for i, e in enumerate(diff.entities) if (diff.class_of(e) or e) == label]
+    entity = diff.entities[max(members, key=lambda i: diff.posterior[i])]
+    reasons = [*_common_reasons(label, probability, config, n_tiles), *reasons]
     if image_probs is not None and ihc_only is not None and ihc_only.terms:
         bc = agreement(image_probs, ihc_only)
         if bc < config.min_agreement:
             img_top = max(image_probs, key=image_probs.get)
-            ihc_top = max(diff.kb.image_classes, key=ihc_only.class_posterior().get)
+            ihc_top = max(diff.classes, key=ihc_only.class_posterior().get)
             reasons.append(
                 f"image and IHC conflict (agreement {bc:.2f} < {config.min_agreement}): "
                 f"image favours {img_top}, IHC favours {ihc_top}"
@@ -121,21 +133,53 @@ def decide(
         probability=probability,
         indeterminate=bool(reasons),
         reasons=reasons,
-        outside_scope=diff.kb.image_class_of[entity] is None,
+        outside_scope=diff.class_of(entity) is None,
     )
+
+
+def decide_image(
+    posterior: dict[str, float],
+    config: CallConfig,
+    n_tiles: int | None = None,
+    reasons: list[str] = (),  # type: ignore[assignment]
+) -> Call:
+    """The calibrated image call (no IHC): the leading class of the image posterior."""
+    label, probability = max(posterior.items(), key=lambda kv: kv[1])
+    reasons = [*_common_reasons(label, probability, config, n_tiles), *reasons]
+    return Call(label, label, probability, bool(reasons), reasons)
 
 
 @dataclass
 class SlideCall:
-    """A call with what it rests on: the fused differential and the stains to order next."""
+    """A call with what it rests on: the image posterior, and with IHC the fused
+    differential and the stains to order next."""
 
     call: Call
-    differential: Differential
-    next_stains: list[Suggestion]
-    has_ihc: bool
+    image_posterior: dict[str, float] | None = None
+    differential: Differential | None = None
+    next_stains: list[Suggestion] = field(default_factory=list)
+
+    @property
+    def has_ihc(self) -> bool:
+        return self.differential is not None
+
+    def call_doc(self) -> dict:
+        c = self.call
+        return {
+            "label": c.text,
+            "leading": c.label,
+            "entity": c.entity,
+            "probability": round(c.probability, 6),
+            "indeterminate": c.indeterminate,
+            "reasons": c.reasons,
+            "outside_image_scope": c.outside_scope,
+        }
 
     def summary(self, top: int = 5) -> dict:
-        """JSON-ready: ranked entities, class posteriors, evidence, next stains, the call."""
+        """JSON-ready: with IHC, ranked entities, class posteriors, evidence, next stains and
+        the call; without, the call and the image posterior."""
+        if self.differential is None:
+            return {"call": self.call_doc(), "class_probabilities": self.image_posterior}
         return summarise(self.differential, self.next_stains, self.call, top=top)
 
 
@@ -143,25 +187,27 @@ def make_call(
     kb: KnowledgeBase,
     config: CallConfig,
     panel: Panel | None,
-    image_probs: dict[str, float] | None,
+    image: ImageEvidence | None,
     prior: str | None = None,
-    train_priors: dict[str, float] | None = None,
     n_tiles: int | None = None,
+    reasons: list[str] = (),  # type: ignore[assignment]
     top: int = 5,
 ) -> SlideCall:
-    """The call from image probabilities and/or an IHC panel, by the rules of ``config``."""
-    options = {
-        "prior": prior,
-        "kb": kb,
-        "train_priors": train_priors,
-        "image_floor": config.image_prob_floor,
-    }
+    """The call from image evidence and/or an IHC panel, by the rules of ``config``.
+
+    Without a panel it is the calibrated image call under the user's class prior (default:
+    neutral); with one, the fused differential over the knowledge base's entities."""
     has_ihc = panel is not None and bool(panel.performed)
-    diff = fuse(panel, image_probs, **options)
-    ihc_only = fuse(panel, None, **options) if has_ihc else None
-    call = decide(diff, config, n_tiles=n_tiles, image_probs=image_probs, ihc_only=ihc_only)
-    stains = next_stains(diff, top=top) if has_ihc else []
-    return SlideCall(call, diff, stains, has_ihc)
+    posterior = image.posterior(image.class_prior(kb, prior)) if image is not None else None
+    if not has_ihc:
+        if posterior is None:
+            raise UsageError("nothing to call: give image probabilities or an IHC panel")
+        return SlideCall(decide_image(posterior, config, n_tiles, reasons), posterior)
+    options = {"prior": prior, "kb": kb, "image_floor": config.image_prob_floor}
+    diff = fuse(panel, image, **options)
+    ihc_only = fuse(panel, image.neutral(), **options) if image is not None else None
+    call = decide(diff, config, n_tiles, posterior, ihc_only, reasons)
+    return SlideCall(call, posterior, diff, next_stains(diff, top=top))
 
 
 def parse_image_probs(text: str) -> dict[str, float]:
@@ -203,4 +249,10 @@ def ihc_summary(
             known = ", ".join(sorted(panels)[:10])
             raise UsageError(f"{ihc}: no rows for slide {slide!r} (slides: {known}...)")
         parsed = panels[slide]
-    return make_call(kb, config, parsed, image_probs, prior, top=top).summary(top=top)
+    image, prior = None, prior or kb.default_prior  # no model: the knowledge base's prior
+    if image_probs is not None:
+        classes = list(kb.image_classes)
+        image = ImageEvidence.build(
+            image_probs, classes, dict(kb.image_class_of), None, "--image-probs"
+        )
+    return make_call(kb, config, parsed, image, prior, top=top).summary(top=top)

@@ -17,6 +17,7 @@ from PIL import Image, ImageDraw
 from pipeline.core.atomic import atomic_path, write_text
 from pipeline.core.batch import csv_text
 
+OOD_COLOUR = (150, 150, 150)
 COLOURS = [
     (214, 39, 40),
     (31, 119, 180),
@@ -37,9 +38,11 @@ def write_slide_outputs(
     bounds: tuple[int, int, int, int],
     thumbnail: tuple[np.ndarray, float],
     qc_png: Path | None = None,
+    ood: np.ndarray | None = None,
 ) -> None:
     """``tiles.csv``, ``tiles.geojson``, ``heatmap.png`` (over ``thumbnail``: an RGB array
-    and its downsample from level 0) and a copy of the tiling QC image."""
+    and its downsample from level 0) and a copy of the tiling QC image. ``ood``: per tile,
+    True where the tile is unlike the training data."""
     rows = []
     for i, (x, y) in enumerate(coords):
         row = {"x": int(x), "y": int(y), "width": size, "height": size}
@@ -48,22 +51,25 @@ def write_slide_outputs(
         )
         if attention is not None:
             row["attention"] = round(float(attention[i]), 8)
+        if ood is not None:
+            row["ood"] = int(ood[i])
         rows.append(row)
     columns = ["x", "y", "width", "height", *[f"prob_{c}" for c in classes]]
     columns += ["attention"] if attention is not None else []
+    columns += ["ood"] if ood is not None else []
     write_text(folder / "tiles.csv", csv_text(rows, columns))
     write_text(
         folder / "tiles.geojson",
-        json.dumps(geojson(coords, size, probs, classes, attention, bounds)),
+        json.dumps(geojson(coords, size, probs, classes, attention, bounds, ood)),
     )
     with atomic_path(folder / "heatmap.png") as tmp:
-        heatmap(thumbnail, coords, size, probs, classes, attention).save(tmp, format="PNG")
+        heatmap(thumbnail, coords, size, probs, classes, attention, ood).save(tmp, format="PNG")
     if qc_png is not None and qc_png.exists():
         with atomic_path(folder / "qc.png") as tmp:
             Image.open(qc_png).save(tmp, format="PNG")
 
 
-def geojson(coords, size, probs, classes, attention, bounds) -> dict:
+def geojson(coords, size, probs, classes, attention, bounds, ood=None) -> dict:
     """QuPath-importable FeatureCollection of tile detections."""
     bx, by = bounds[0], bounds[1]
     features = []
@@ -73,6 +79,8 @@ def geojson(coords, size, probs, classes, attention, bounds) -> dict:
         measurements = {f"prob_{c}": float(p) for c, p in zip(classes, probs[i], strict=True)}
         if attention is not None:
             measurements["attention"] = float(attention[i])
+        if ood is not None:
+            measurements["out_of_distribution"] = int(ood[i])
         features.append(
             {
                 "type": "Feature",
@@ -108,9 +116,9 @@ def heatmap_thumbnail(slide, side: int = 1000) -> tuple[np.ndarray, float]:
     return slide.thumbnail(max(slide.mpp, max(w0, h0) * slide.mpp / side))
 
 
-def heatmap(thumbnail, coords, size, probs, classes, attention) -> Image.Image:
+def heatmap(thumbnail, coords, size, probs, classes, attention, ood=None) -> Image.Image:
     """Tiles coloured by their most likely class (opacity = confidence) over the slide
-    thumbnail, or by attention for MIL; a legend below."""
+    thumbnail, or by attention for MIL; tiles unlike the training data grey; a legend below."""
     thumb, ds = thumbnail
     base = Image.fromarray(thumb).convert("RGBA")
     overlay = Image.new("RGBA", base.size, (0, 0, 0, 0))
@@ -127,11 +135,14 @@ def heatmap(thumbnail, coords, size, probs, classes, attention) -> Image.Image:
         conf = (probs.max(1) - 1 / k) / (1 - 1 / k)
         colours = [COLOURS[t % len(COLOURS)] for t in top]
         alphas = [int(60 + 150 * c) for c in conf]
+    if ood is not None:
+        colours = [OOD_COLOUR if o else c for c, o in zip(colours, ood, strict=True)]
+        alphas = [200 if o else a for a, o in zip(alphas, ood, strict=True)]
     for (x, y), colour, alpha in zip(coords, colours, alphas, strict=True):
         x0, y0 = x / ds, y / ds
         draw.rectangle([x0, y0, x0 + size / ds - 1, y0 + size / ds - 1], fill=(*colour, alpha))
     image = Image.alpha_composite(base, overlay).convert("RGB")
-    legend_h = 24
+    legend_h = 24 if ood is None or not ood.any() else 38
     canvas = Image.new("RGB", (max(image.width, 360), image.height + legend_h), (255, 255, 255))
     canvas.paste(image, (0, 0))
     draw = ImageDraw.Draw(canvas)
@@ -145,4 +156,6 @@ def heatmap(thumbnail, coords, size, probs, classes, attention) -> Image.Image:
             )
             draw.text((x + 16, image.height + 6), c, fill=(0, 0, 0))
             x += 24 + 7 * len(c)
+    if ood is not None and ood.any():
+        draw.text((6, image.height + 6 + 12), "grey: unlike the training data", fill=(0, 0, 0))
     return canvas

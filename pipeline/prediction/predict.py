@@ -14,109 +14,35 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
-from models.meta import ModelMeta
 from pipeline import __version__
 from pipeline.core.batch import run_slides
-from pipeline.core.errors import FascicleError, UsageError
-from pipeline.core.hashing import file_sha256, params_digest
-from pipeline.ihc.knowledge import KnowledgeBase
+from pipeline.core.errors import FascicleError
 from pipeline.ihc.panel import Panel
-from pipeline.prediction.call import CallConfig, make_call
+from pipeline.prediction.call import make_call
 from pipeline.prediction.locks import SlideLock
 from pipeline.prediction.result import (
-    SCHEMA_VERSION,
     CallDoc,
     IHCDoc,
     ImageDoc,
     Provenance,
     QCDoc,
     SlideResult,
-    read_result,
-    result_path,
     write_result,
 )
+from pipeline.prediction.session import (
+    LoadedModel,
+    PredictOptions,
+    is_done,
+    load_for_prediction,
+    ood_fraction,
+    params_hash,
+    pre_call_reasons,
+    qc_flags,
+    shard,
+)
 from pipeline.wsi.manifest import SlideEntry
-
-
-@dataclass
-class PredictOptions:
-    """Everything that shapes a prediction (hashed into each result for provenance)."""
-
-    batch_size: int = 64
-    workers: int = 2
-    device: str = "auto"
-    prior: str | None = None
-    tiles_dir: str | Path | None = None
-    overwrite: bool = False
-    progress: bool = True
-    knowledge: str | None = None
-    calls: str | None = None
-
-
-@dataclass
-class LoadedModel:
-    """A model file, checked and ready, with the knowledge base and call settings."""
-
-    path: Path
-    sha256: str
-    model: object
-    meta: ModelMeta
-    kb: KnowledgeBase
-    call_config: CallConfig
-
-
-def load_for_prediction(model_path: str | Path, options: PredictOptions) -> LoadedModel:
-    """Load and check the model, knowledge base and call settings before any slide."""
-    from models.checkpoint import load_model
-    from pipeline.ihc.knowledge import load_knowledge
-
-    model, meta = load_model(model_path)
-    kb = load_knowledge(options.knowledge)
-    unknown = [c for c in meta.classes if c not in kb.image_classes]
-    if unknown:
-        raise UsageError(
-            f"{model_path}: model classes {', '.join(unknown)} are not image classes of the IHC "
-            f"knowledge base ({kb.path}); map them there or use a matching model"
-        )
-    config = CallConfig.load(options.calls)
-    return LoadedModel(Path(model_path), file_sha256(model_path), model, meta, kb, config)
-
-
-def shard(entries: Sequence[SlideEntry], index: int, count: int) -> list[SlideEntry]:
-    """The ``index``-th of ``count`` deterministic, disjoint shares (by sorted slide id)."""
-    if not 0 <= index < count:
-        raise UsageError(f"--shard {index}/{count}: need 0 <= I < N")
-    ordered = sorted(entries, key=lambda e: e.slide_id)
-    return [e for i, e in enumerate(ordered) if i % count == index]
-
-
-def parse_shard(text: str) -> tuple[int, int]:
-    """``I/N`` (0-based I) as given to ``--shard``."""
-    try:
-        index, count = (int(v) for v in text.split("/"))
-    except ValueError:
-        raise UsageError(f"--shard {text!r} must look like 0/4 (I/N with 0 <= I < N)") from None
-    return index, count
-
-
-def params_hash(loaded: LoadedModel, options: PredictOptions, panel_text: str) -> str:
-    return params_digest(
-        {
-            "model": loaded.sha256,
-            "prior": options.prior,
-            "ihc": panel_text,
-            "calls": loaded.call_config.__dict__,
-            "v": SCHEMA_VERSION,
-        }
-    )
-
-
-def is_done(out: Path, slide_id: str, digest: str) -> bool:
-    result = read_result(result_path(out, slide_id))
-    return result is not None and result.provenance.params_hash == digest
 
 
 # -- one slide ------------------------------------------------------------------------------
@@ -197,9 +123,10 @@ def predict_slide(
         )
     slide_probs = apply_temperature(slide_probs, float(m.temperature))
     image = dict(zip(m.classes, map(float, slide_probs), strict=True))
-    train_priors = dict(zip(m.classes, m.train_class_priors or [], strict=False)) or None
+    ood_share = ood_fraction(output.ood, m)
+    reasons, chosen = pre_call_reasons(image, ood_share, loaded, options)
     made = make_call(
-        loaded.kb, config, panel, image, options.prior, train_priors, n_tiles=len(coords)
+        loaded.kb, config, panel, loaded.image_evidence(image), options.prior, len(coords), reasons
     )
     summary = made.summary()
     timings["aggregate"] = time.perf_counter() - t
@@ -207,7 +134,7 @@ def predict_slide(
         slide_id=entry.slide_id,
         path=str(entry.path),
         status="ok",
-        call=CallDoc(**summary["call"]),
+        call=CallDoc(**summary["call"], prediction_set=chosen, coverage=options.coverage),
         image=ImageDoc(image, aggregator, m.temperature, m.classes, m.kind),
         differential=summary if made.has_ihc else None,
         ihc=IHCDoc(
@@ -222,6 +149,7 @@ def predict_slide(
             n_tiles=len(coords),
             backend=str(attrs.get("backend", "")),
             flags=qc_flags(attrs, len(coords), config),
+            ood_fraction=ood_share,
         ),
         provenance=Provenance(
             package_version=__version__,
@@ -241,6 +169,7 @@ def predict_slide(
         ),
     )
     t = time.perf_counter()
+    ood = None if output.ood is None else output.ood > m.ood["threshold"]
     write_slide_outputs(
         out / "slides" / entry.slide_id,
         coords,
@@ -251,6 +180,7 @@ def predict_slide(
         bounds,
         thumbnail,
         source / "qc" / f"{entry.slide_id}.png",
+        ood,
     )
     timings["write"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - started
@@ -264,15 +194,6 @@ def _relative(path: Path, root: Path) -> str:
         return str(path.resolve().relative_to(root.resolve()))
     except ValueError:
         return str(path)
-
-
-def qc_flags(attrs: dict, n_tiles: int, config: CallConfig) -> list[str]:
-    flags = []
-    if attrs["mpp_source"] == "objective-power":
-        flags.append("resolution assumed from objective power")
-    if n_tiles < config.min_tiles:
-        flags.append(f"few tissue tiles ({n_tiles})")
-    return flags
 
 
 # -- many slides ----------------------------------------------------------------------------

@@ -27,6 +27,9 @@ class CallDoc:
     indeterminate: bool
     reasons: list[str]
     outside_image_scope: bool = False
+    prediction_set: list[str] | None = None
+    """Split-conformal set of classes (``--coverage``), most probable first."""
+    coverage: float | None = None
 
 
 @dataclass
@@ -53,6 +56,8 @@ class QCDoc:
     n_tiles: int
     backend: str
     flags: list[str] = field(default_factory=list)
+    ood_fraction: float | None = None
+    """Share of tiles unlike the training data (None: the model has no detector)."""
 
 
 @dataclass

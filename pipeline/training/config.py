@@ -16,6 +16,7 @@ from pathlib import Path
 
 import yaml
 
+from pipeline.core.classes import ClassScheme
 from pipeline.core.errors import UsageError
 from pipeline.core.resources import config_path
 from pipeline.tiles.augment import AugmentConfig
@@ -30,6 +31,13 @@ class DataConfig:
     """Coordinates from an earlier ``fascicle tile`` with the same parameters; by default
     slides are tiled into ``<run>/tiles`` (resumable)."""
     classes: list[str] = field(default_factory=lambda: list(CLASSES))
+    """The model's classes, named like manifest labels (or see label_map / one_vs_rest)."""
+    one_vs_rest: str | None = None
+    """A binary model: this label against every other (classes become [it, not_it])."""
+    label_map: dict[str, str] | None = None
+    """Manifest label → class, to fold several labels into one class."""
+    positive_class: str | None = None
+    """Binary models: the class whose AUROC and sensitivity are reported (default: first)."""
     target_mpp: float = 0.5
     tile_px: int = 224
     min_tissue: float = 0.5
@@ -61,6 +69,8 @@ class ModelConfig:
     """MIL: frozen encoder for ``fascicle embed``."""
     attention_dim: int = 128
     max_bag: int = 512
+    ood_quantile: float = 0.95
+    """Tiles scoring above this quantile of validation tiles are out of distribution."""
 
 
 @dataclass
@@ -100,6 +110,10 @@ class RunConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def scheme(self) -> ClassScheme:
+        d = self.data
+        return ClassScheme.build(d.classes, d.one_vs_rest, d.label_map, d.positive_class)
+
     def features_dir(self) -> Path:
         """Where ``fascicle embed`` writes and MIL training reads tile features."""
         m = self.model
@@ -138,7 +152,7 @@ def _coerce(hint, value, path: str, source: str):
             return float(value)
         if origin is int and isinstance(value, int) and not isinstance(value, bool):
             return value
-        if origin in (bool, str, list) and isinstance(value, origin):
+        if origin in (bool, str, list, dict) and isinstance(value, origin):
             return value
     raise UsageError(f"{source}: {path}={value!r} should be {hint}")
 
@@ -168,6 +182,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Ru
     config = _build(RunConfig, doc, "", source)
     if config.model.kind not in ("tile", "mil"):
         raise UsageError(f"{source}: model.kind must be tile or mil, not {config.model.kind!r}")
+    config.scheme()  # a bad class scheme fails here, naming the key
+    if not 0 < config.model.ood_quantile < 1:
+        raise UsageError(f"{source}: model.ood_quantile must be between 0 and 1")
     if not config.data.manifest:
         raise UsageError(f"{source}: data.manifest is required (a CSV of labelled slides)")
     return config

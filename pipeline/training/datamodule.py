@@ -33,8 +33,9 @@ def assign_splits(
 ) -> dict[str, str]:
     """Manifest splits if every slide has one; otherwise patient-grouped and label-stratified.
 
-    Patients are shuffled within each class (by their first slide's label) and cut into
-    test / val / train so every class is represented in each split when it has ≥ 3 patients.
+    Patients are shuffled within each label (their first slide's; ``classes`` first, then
+    other labels) and cut into test / val / train so every label is represented in each split
+    when it has ≥ 3 patients.
     """
     if all(e.split for e in entries):
         return {e.slide_id: e.split for e in entries}
@@ -43,7 +44,8 @@ def assign_splits(
     for e in entries:
         patients.setdefault(e.patient_id, []).append(e)
     splits: dict[str, str] = {}
-    for c in classes:
+    labels = list(classes) + sorted({e.label for e in entries if e.label} - set(classes))
+    for c in labels:
         ids = sorted(p for p, es in patients.items() if es[0].label == c)
         ids = [ids[i] for i in rng.permutation(len(ids))]
         n_test = max(1, round(len(ids) * test)) if len(ids) >= 3 and test > 0 else 0
@@ -74,10 +76,11 @@ def prepare_slides(config: RunConfig, run_dir: Path, progress: bool = True) -> l
     """Validate the manifest, tile what is missing, and report every problem at once."""
     from pipeline.wsi.tile_run import tile_slides
 
-    d = config.data
-    entries = read_manifest(d.manifest, labels=d.classes)
+    d, scheme = config.data, config.scheme()
+    known = None if scheme.rest else [*scheme.classes, *scheme.label_map]
+    entries = read_manifest(d.manifest, labels=known)
     problems = [f"{e.slide_id}: no label" for e in entries if e.label is None]
-    splits = assign_splits(entries, d.classes, d.val_fraction, d.test_fraction, config.seed)
+    splits = assign_splits(entries, scheme.classes, d.val_fraction, d.test_fraction, config.seed)
     tiles_dir = Path(d.tiles_dir) if d.tiles_dir else run_dir / "tiles"
     params = TilingParams(target_mpp=d.target_mpp, tile_px=d.tile_px, min_tissue=d.min_tissue)
     rows = tile_slides(
@@ -95,11 +98,14 @@ def prepare_slides(config: RunConfig, run_dir: Path, progress: bool = True) -> l
             )
             continue
         spec = TileSpec.from_attrs(attrs)
-        label = d.classes.index(entry.label) if entry.label in d.classes else -1
+        label = scheme.index_of(entry.label)
         slides.append(SlideTiles(entry, label, splits[entry.slide_id], coords, spec))
-    for c in d.classes:
-        if not any(s.entry.label == c and s.split == "train" for s in slides):
-            problems.append(f"class {c!r} has no training slide")
+    for i, c in enumerate(scheme.classes):
+        if not any(s.label == i and s.split == "train" for s in slides):
+            problems.append(
+                f"class {c!r} has no training slide ({scheme.describe_labels()}; set "
+                "data.classes, data.label_map or data.one_vs_rest to match the manifest's labels)"
+            )
     if not any(s.split == "val" for s in slides):
         problems.append("no validation slide (set split=val for some, or data.val_fraction > 0)")
     if problems:

@@ -17,7 +17,15 @@ from models.meta import ModelMeta
 from pipeline import __version__
 from pipeline.core.hashing import file_sha256
 from pipeline.training.config import RunConfig
-from pipeline.training.trainer import TrainResult, best_state, make_trainer, write_model
+from pipeline.training.trainer import (
+    TrainResult,
+    best_state,
+    make_trainer,
+    scheme_fields,
+    write_model,
+)
+
+OOD_TILES_PER_SLIDE = 64
 
 
 class BagDataset(Dataset):
@@ -42,7 +50,7 @@ def collate_bags(batch: list[tuple[np.ndarray, int]]) -> dict:
 
 
 def train_mil(config: RunConfig, run_dir: Path, progress: bool = True) -> TrainResult | None:
-    from models.mil import ABMIL
+    from models.mil import ABMIL, MILBundle
     from pipeline.training.datamodule import prepare_slides, write_splits
     from pipeline.training.embed import build_encoder, embed_slides, load_features
 
@@ -58,7 +66,7 @@ def train_mil(config: RunConfig, run_dir: Path, progress: bool = True) -> TrainR
 
     train_bags, train_labels = bags("train")
     val_bags, val_labels = bags("val")
-    counts = np.bincount(train_labels, minlength=len(d.classes))
+    counts = np.bincount(train_labels, minlength=len(config.scheme().classes))
     weights = [1.0 / counts[y] for y in train_labels]
     batch = max(1, min(d.batch_size, len(train_bags)))
     train_loader = DataLoader(
@@ -74,7 +82,7 @@ def train_mil(config: RunConfig, run_dir: Path, progress: bool = True) -> TrainR
     )
     meta = ModelMeta(
         kind="mil",
-        classes=list(d.classes),
+        **scheme_fields(config.scheme(), slides),
         target_mpp=d.target_mpp,
         tile_px=d.tile_px,
         min_tissue=d.min_tissue,
@@ -102,26 +110,49 @@ def train_mil(config: RunConfig, run_dir: Path, progress: bool = True) -> TrainR
     if trainer.global_rank != 0:
         return None
     model.load_state_dict(best_state(checkpoint, model))
-    return _export_mil(model, encoder, meta, val_bags, val_labels, run_dir, checkpoint)
+    bundle = MILBundle(meta, encoder.module)
+    bundle.mil.load_state_dict(model.state_dict())
+    train, val = (train_bags, train_labels), (val_bags, val_labels)
+    metrics = _finish_mil(bundle, meta, train, val, m.ood_quantile)
+    return write_model(run_dir, bundle, meta, metrics, checkpoint)
 
 
-def _export_mil(model, encoder, meta: ModelMeta, val_bags, val_labels, run_dir, checkpoint):
+def _finish_mil(bundle, meta: ModelMeta, train: tuple, val: tuple, quantile: float) -> dict:
+    """Calibrate on validation slides (when there are enough), keep conformal scores and fit
+    the OOD detector on the cached training features."""
     from models.metrics import slide_metrics
-    from models.mil import MILBundle, pad_bags
+    from models.mil import pad_bags
+    from models.ood import fit_detector
+    from pipeline.tiles.aggregate import apply_temperature
+    from pipeline.training.calibration import calibrate, conformal_scores
 
-    model.eval()
+    (train_bags, train_labels), (val_bags, val_labels) = train, val
+    model = bundle.mil.eval()
     with torch.no_grad():
         probs = (
             np.concatenate([model(*pad_bags([bag])).softmax(1).numpy() for bag in val_bags])
             if val_bags
             else np.zeros((0, len(meta.classes)))
         )
-    metrics = {
+    labels = np.array(val_labels, int)
+    empty = np.zeros((0, len(meta.classes)))  # MIL has no tile probabilities to group
+    meta.temperature, meta.calibration = calibrate(probs, labels, empty, np.zeros(0), [], "mean")
+    calibrated = apply_temperature(probs, meta.temperature) if len(probs) else probs
+    meta.conformal_scores = conformal_scores(calibrated, labels)
+    rng = np.random.default_rng(0)
+    picks = [rng.permutation(len(b))[:OOD_TILES_PER_SLIDE] for b in train_bags]
+    features = np.concatenate([b[p] for b, p in zip(train_bags, picks, strict=True)])
+    tile_labels = np.concatenate(
+        [np.full(len(p), y) for p, y in zip(picks, train_labels, strict=True)]
+    )
+    bundle.ood, meta.ood = fit_detector(
+        features, tile_labels, np.concatenate(val_bags), len(meta.classes), quantile
+    )
+    return {
         "val_slides": len(val_bags),
-        "val": slide_metrics(probs, np.array(val_labels), meta.classes),
-        "temperature": 1.0,
-        "temperature_fitted": False,
+        "val": slide_metrics(calibrated, labels, meta.classes, meta.scheme().positive_index),
+        "temperature": meta.temperature,
+        "temperature_fitted": meta.calibration["method"] != "none",
+        "calibration": meta.calibration,
+        "ood": meta.ood,
     }
-    bundle = MILBundle(meta, encoder.module)
-    bundle.mil.load_state_dict(model.state_dict())
-    return write_model(run_dir, bundle, meta, metrics, checkpoint)

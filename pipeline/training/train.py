@@ -16,10 +16,15 @@ from models.meta import ModelMeta
 from pipeline import __version__
 from pipeline.core.atomic import write_text
 from pipeline.core.hashing import file_sha256
+from pipeline.training.calibration import finish_tile_model
 from pipeline.training.config import RunConfig
-from pipeline.training.trainer import TrainResult, best_state, make_trainer, write_model
-
-MIN_SLIDES_FOR_TEMPERATURE = 10
+from pipeline.training.trainer import (
+    TrainResult,
+    best_state,
+    make_trainer,
+    scheme_fields,
+    write_model,
+)
 
 
 def train(config: RunConfig, progress: bool = True) -> TrainResult | None:
@@ -44,7 +49,7 @@ def _train_tiles(config: RunConfig, run_dir: Path, progress: bool) -> TrainResul
     from pipeline.tiles.dataset import sample_tiles
     from pipeline.training.datamodule import TileDataModule, prepare_slides, write_splits
 
-    d, m, o = config.data, config.model, config.optim
+    d, m, o, scheme = config.data, config.model, config.optim, config.scheme()
     slides = prepare_slides(config, run_dir, progress)
     write_splits(run_dir / "splits.csv", slides)
     _, _, mean, std = build_backbone(m.backbone, m.pretrained, m.weights_path)
@@ -56,11 +61,11 @@ def _train_tiles(config: RunConfig, run_dir: Path, progress: bool) -> TrainResul
         pixels = np.concatenate([t.reshape(-1, 3) for t in sample]) / 255.0
         mean, std = pixels.mean(0).tolist(), np.maximum(pixels.std(0), 1e-3).tolist()
     train_counts = np.bincount(
-        [s.label for s in slides if s.split == "train"], minlength=len(d.classes)
+        [s.label for s in slides if s.split == "train"], minlength=len(scheme.classes)
     )
     meta = ModelMeta(
         kind="tile",
-        classes=list(d.classes),
+        **scheme_fields(scheme, slides),
         target_mpp=d.target_mpp,
         tile_px=d.tile_px,
         min_tissue=d.min_tissue,
@@ -99,34 +104,5 @@ def _train_tiles(config: RunConfig, run_dir: Path, progress: bool) -> TrainResul
     if trainer.global_rank != 0:
         return None
     model.load_state_dict(best_state(checkpoint, model))
-    return write_model(run_dir, model, meta, calibrate(model, meta, datamodule, config), checkpoint)
-
-
-def calibrate(model, meta: ModelMeta, datamodule, config: RunConfig) -> dict:
-    """Fit the temperature on validation slides (when there are enough) and return the
-    validation metrics with it; sets ``meta.temperature``."""
-    from models.metrics import slide_metrics
-    from pipeline.tiles.aggregate import aggregate, apply_temperature, fit_temperature
-    from pipeline.tiles.runner import run_tiles
-
-    val = datamodule.eval_dataset("val")
-    model.cpu().eval()
-    tile_probs = run_tiles(model.forward_tiles, val, ["probs"], config.data.batch_size)
-    tile_probs = tile_probs.outputs["probs"]
-    slide_ids = sorted(set(val.items[:, 0].tolist()))
-    probs = np.array(
-        [aggregate(tile_probs[val.items[:, 0] == s], meta.aggregator) for s in slide_ids]
-    )
-    labels = np.array([datamodule.slides[s].label for s in slide_ids])
-    fitted = len(slide_ids) >= MIN_SLIDES_FOR_TEMPERATURE
-    if fitted:
-        meta.temperature = fit_temperature(probs, labels)
-    return {
-        "val_slides": len(slide_ids),
-        "val": slide_metrics(apply_temperature(probs, meta.temperature), labels, meta.classes),
-        "temperature": meta.temperature,
-        "temperature_fitted": fitted,
-        "temperature_note": ""
-        if fitted
-        else f"fewer than {MIN_SLIDES_FOR_TEMPERATURE} validation slides: temperature left at 1",
-    }
+    metrics = finish_tile_model(model, meta, datamodule, config)
+    return write_model(run_dir, model, meta, metrics, checkpoint)

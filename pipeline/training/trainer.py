@@ -32,6 +32,20 @@ class TrainResult:
         )
 
 
+def scheme_fields(scheme, slides) -> dict:
+    """The class scheme as model metadata: classes, the labels seen in training folded into
+    them, the positive class, and the balance the class-balanced sampler trains at."""
+    seen = {s.entry.label for s in slides if s.entry.label}
+    label_map = {k: scheme.class_of(k) for k in sorted(seen) if k not in scheme.classes}
+    return {
+        "classes": list(scheme.classes),
+        "label_map": label_map or None,
+        "rest_class": scheme.rest,
+        "positive_class": scheme.positive,
+        "class_balance": [1.0 / len(scheme.classes)] * len(scheme.classes),
+    }
+
+
 def make_trainer(config: RunConfig, run_dir: Path, progress: bool):
     """A Lightning trainer per ``config.trainer`` and the checkpoint callback it uses."""
     import pytorch_lightning as pl

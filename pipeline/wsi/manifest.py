@@ -86,7 +86,8 @@ def validate_entries(
             if entry.label is not None and entry.label not in allowed:
                 problems.append(
                     f"{entry.slide_id}: unknown label {entry.label!r} "
-                    f"(expected one of {', '.join(sorted(allowed))})"
+                    f"(expected one of {', '.join(sorted(allowed))}; a training config maps "
+                    "labels to classes with data.classes, data.label_map or data.one_vs_rest)"
                 )
     splits: dict[str, set[str]] = {}
     for entry in entries:
