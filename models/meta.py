@@ -87,6 +87,20 @@ class ModelMeta:
         meta = cls(**{k: v for k, v in values.items() if k in known})
         meta.extra = {k: v for k, v in values.items() if k not in known}
         meta.classes = [str(c) for c in meta.classes]
+        problems = [
+            message
+            for ok, message in (
+                (len(meta.classes) >= 2, "needs two or more classes"),
+                (isinstance(meta.tile_px, int) and meta.tile_px >= 16, "tile_px must be >= 16"),
+                (meta.target_mpp > 0, "target_mpp must be > 0"),
+                (meta.temperature > 0, "temperature must be > 0"),
+                (len(meta.mean) == 3 and len(meta.std) == 3, "mean and std need 3 values"),
+                (all(v > 0 for v in meta.std), "std values must be > 0"),
+            )
+            if not ok
+        ]
+        if problems:
+            raise ValueError("invalid model metadata: " + "; ".join(problems))
         return meta
 
     def to_dict(self) -> dict:

@@ -16,21 +16,17 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pipeline import __version__
+from pipeline.cli_args import (
+    at_least,
+    batch_args,
+    call_args,
+    fraction,
+    positive_float,
+    slides_args,
+)
 from pipeline.core.errors import FascicleError, UsageError
 
 EXIT_OK, EXIT_PARTIAL, EXIT_USAGE = 0, 1, 2
-
-
-def _positive_float(text: str) -> float:
-    if not float(text) > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return float(text)
-
-
-def _fraction(text: str) -> float:
-    if not 0 <= float(text) <= 1:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
-    return float(text)
 
 
 def _fields(args: argparse.Namespace, target) -> dict:
@@ -44,7 +40,7 @@ def _fields(args: argparse.Namespace, target) -> dict:
 
 
 def _report(rows: Sequence[dict], summary: Path) -> int:
-    failed = [r for r in rows if r["status"] == "error"]
+    failed = [r for r in rows if r["status"] != "ok"]
     print(f"{len(rows) - len(failed)}/{len(rows)} slide(s) done; summary: {summary}")
     for row in failed:
         print(f"error: {row['error']}", file=sys.stderr)
@@ -59,9 +55,8 @@ def _run_synth(args: argparse.Namespace) -> int:
     args.slide_size_um = tuple(args.slide_size_um)
     params = CohortParams(**_fields(args, CohortParams))
     plans = make_cohort(args.out, params, args.workers, args.overwrite, args.progress)
-    print(f"{len(plans)} slides in {args.out / 'slides'}")
-    for name in ("manifest.csv", "ihc.csv", "cases.csv", "preview.png"):
-        print(f"  {args.out / name}")
+    print(f"{len(plans)} slides in {args.out / 'slides'}; manifest.csv, ihc.csv, cases.csv and")
+    print(f"preview.png in {args.out}")
     return EXIT_OK
 
 
@@ -152,24 +147,6 @@ def _run_demo(args: argparse.Namespace) -> int:
 
 
 # -- parser ---------------------------------------------------------------------------------
-def _batch_args(p: argparse.ArgumentParser, workers: int, what: str) -> None:
-    """Options of the verbs that run over a batch of slides."""
-    p.add_argument("--out", type=Path, required=True, help="output folder")
-    p.add_argument("--workers", type=int, default=workers, help=f"{what} ({workers})")
-    p.add_argument("--overwrite", action="store_true", help="redo finished slides")
-
-
-def _call_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--prior", help="named prior of the knowledge base (default: neutral)")
-    p.add_argument("--coverage", type=_fraction, help="conformal prediction sets, e.g. 0.9")
-
-
-def _slides_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("slides", nargs="*", type=Path, help="slide files or folders (or --manifest)")
-    p.add_argument("--manifest", type=Path, help="CSV with slide_id,path[,mpp,...]")
-    p.add_argument("--slide-mpp", type=_positive_float, help="override the slides' µm/px")
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fascicle",
@@ -186,22 +163,22 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     p = verb("synth", _run_synth, "generate a synthetic cohort (slides, manifest, IHC)")
-    _batch_args(p, 1, "parallel slide workers")
-    p.add_argument("--n-slides", type=int, default=12, help="number of slides (12)")
+    batch_args(p, 1, "parallel slide workers")
+    p.add_argument("--n-slides", type=at_least(1), default=12, help="number of slides (12)")
     p.add_argument("--seed", type=int, default=0, help="random seed (0)")
     p.add_argument("--classes", nargs="+", help="image classes (default: the three built in)")
     p.add_argument("--slide-size-um", type=float, nargs=2, default=(4000, 3000), metavar="UM")
-    p.add_argument("--mpp", type=_positive_float, default=0.5, help="µm/px of level 0 (0.5)")
-    p.add_argument("--difficulty", type=_fraction, default=0.5, help="0 easy .. 1 hard (0.5)")
+    p.add_argument("--mpp", type=positive_float, default=0.5, help="µm/px of level 0 (0.5)")
+    p.add_argument("--difficulty", type=fraction, default=0.5, help="0 easy .. 1 hard (0.5)")
     p.add_argument("--no-artefacts", dest="artefacts", action="store_false", help="no pen etc.")
 
     p = verb("tile", _run_tile, "find tissue and write tile coordinates + QC images")
-    _slides_args(p)
-    _batch_args(p, 1, "parallel slide workers")
-    p.add_argument("--mpp", type=_positive_float, default=0.5, help="target µm/px (0.5)")
-    p.add_argument("--tile-px", type=int, default=224, help="tile side in pixels (224)")
-    p.add_argument("--overlap", type=int, default=0, help="overlap in target pixels (0)")
-    p.add_argument("--min-tissue", type=_fraction, default=0.5, help="tissue fraction (0.5)")
+    slides_args(p)
+    batch_args(p, 1, "parallel slide workers")
+    p.add_argument("--mpp", type=positive_float, default=0.5, help="target µm/px (0.5)")
+    p.add_argument("--tile-px", type=at_least(16), default=224, help="tile side in pixels (224)")
+    p.add_argument("--overlap", type=at_least(0), default=0, help="overlap in target pixels (0)")
+    p.add_argument("--min-tissue", type=fraction, default=0.5, help="tissue fraction (0.5)")
     p.add_argument("--tissue-mask", dest="masks", type=Path, help="mask PNG/GeoJSON or folder")
     p.add_argument("--mask-mode", choices=("replace", "restrict"), default="replace")
     p.add_argument("--fill-holes", action="store_true", help="fill holes in tissue")
@@ -216,20 +193,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prior", help="named prior from the knowledge base (default: its default)")
     p.add_argument("--knowledge", type=Path, help="knowledge base YAML (default: built in)")
     p.add_argument("--calls", type=Path, help="call settings YAML (default: built in)")
-    p.add_argument("--top", type=int, default=5, help="entities and stains to list (5)")
+    p.add_argument("--top", type=at_least(1), default=5, help="entities and stains to list (5)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
     p = verb("predict", _run_predict, "batch inference: calls, heatmaps, QuPath overlays, report")
-    _slides_args(p)
-    _batch_args(p, 2, "tile-reading DataLoader workers")
+    slides_args(p)
+    batch_args(p, 2, "tile-reading DataLoader workers")
     p.add_argument("--model", type=Path, required=True, help="model.ckpt from fascicle train")
     p.add_argument("--ihc", type=Path, help="IHC CSV (long or wide) keyed by slide_id")
-    _call_args(p)
-    p.add_argument("--batch-size", type=int, default=64, help="tiles per batch (64)")
+    call_args(p)
+    p.add_argument("--batch-size", type=at_least(1), default=64, help="tiles per batch (64)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--devices", type=int, default=1, help="processes, one per device (1)")
+    p.add_argument("--devices", type=at_least(1), default=1, help="processes, one per device (1)")
     p.add_argument("--shard", default="0/1", help="I/N: this job's share, 0 <= I < N (0/1)")
     p.add_argument("--tiles-dir", type=Path, help="reuse coordinates of an earlier fascicle tile")
+    p.add_argument("--wait", action="store_true", help="wait for slides other processes hold")
 
     p = verb("evaluate", _run_evaluate, "metrics with bootstrap CIs and a gate (exit 1 below)")
     p.add_argument("--model", type=Path, required=True)
@@ -239,20 +217,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--split", default="test", help="manifest split to evaluate (test)")
     p.add_argument("--ihc", type=Path, help="IHC CSV, fused into the calls")
-    _call_args(p)
-    p.add_argument("--min-balanced-accuracy", type=_fraction)
-    p.add_argument("--min-auroc", type=_fraction)
-    p.add_argument("--bootstrap", dest="n_boot", type=int, default=1000, help="resamples (0: none)")
-    p.add_argument("--workers", type=int, default=2)
+    call_args(p)
+    p.add_argument("--min-balanced-accuracy", type=fraction)
+    p.add_argument("--min-auroc", type=fraction)
+    p.add_argument(
+        "--bootstrap", dest="n_boot", type=at_least(0), default=1000, help="resamples (0: none)"
+    )
+    p.add_argument("--workers", type=at_least(0), default=2)
     p.add_argument("--device", default="auto")
 
     p = verb("export-tiles", _run_export_tiles, "labelled held-out tiles to a tile bank (.h5)")
     p.add_argument("--manifest", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True, help="bank file, e.g. bank.h5")
     p.add_argument("--model", type=Path, help="take tile px and mpp from this model")
-    p.add_argument("--tile-px", type=int, default=224)
-    p.add_argument("--mpp", dest="target_mpp", type=_positive_float, default=0.5)
-    p.add_argument("--per-slide", type=int, default=64, help="tiles per slide (64)")
+    p.add_argument("--tile-px", type=at_least(16), default=224)
+    p.add_argument("--mpp", dest="target_mpp", type=positive_float, default=0.5)
+    p.add_argument("--per-slide", type=at_least(1), default=64, help="tiles per slide (64)")
     p.add_argument("--split", default="test")
 
     p = verb("demo", _run_demo, "synth -> tile -> train -> evaluate on CPU, in minutes")
@@ -270,7 +250,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
+    try:
+        args, extra = parser.parse_known_args(argv)
+    except SystemExit as stop:  # --help, --version or a bad argument (argparse said why)
+        return int(stop.code or 0)
     args.overrides = [a for a in extra if a.startswith("--") and "=" in a]
     unknown = [a for a in extra if a not in args.overrides]
     if unknown or (args.overrides and not getattr(args, "overrides_allowed", False)):
@@ -288,6 +271,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; finished slides are kept and a rerun resumes", file=sys.stderr)
         return 130
+    except Exception as err:  # a bug: say so in one line (the traceback with -v)
+        if args.verbose:
+            raise
+        why = f"{type(err).__name__}: {err}"
+        print(f"error: internal error {why} (rerun with -v; please report it)", file=sys.stderr)
+        return EXIT_PARTIAL
 
 
 if __name__ == "__main__":

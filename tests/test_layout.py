@@ -19,6 +19,7 @@ LAYERS = [
     {"pipeline.prediction"},
     {"pipeline.evaluation"},
     {"pipeline.demo"},
+    {"pipeline.cli_args"},
     {"pipeline.cli"},
 ]
 

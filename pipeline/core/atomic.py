@@ -39,6 +39,38 @@ def write_png(path: str | Path, image) -> None:
         Image.fromarray(image).save(tmp, format="PNG")
 
 
+def writable_folder(path: str | Path) -> Path:
+    """Create ``path`` if needed and check it can be written, else a ``UsageError``."""
+    from pipeline.core.errors import UsageError
+
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".probe.", suffix=".tmp"):
+            pass
+    except OSError as err:
+        raise UsageError(
+            f"{path}: cannot write the output folder ({err.strerror}); choose another --out"
+        ) from None
+    return path
+
+
+def clean_stale_temps(root: str | Path, min_age_s: float = 60.0) -> int:
+    """Remove temporaries (``.*.tmp``) that killed runs left under ``root``; files younger
+    than ``min_age_s`` may belong to a live writer and are kept. Returns how many went."""
+    import time
+
+    removed = 0
+    for path in Path(root).rglob(".*.tmp"):
+        try:
+            if time.time() - path.stat().st_mtime >= min_age_s:
+                path.unlink()
+                removed += 1
+        except OSError:
+            continue
+    return removed
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

@@ -17,12 +17,13 @@ import os
 import traceback
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from functools import partial
 from pathlib import Path
 from typing import Protocol
 
 from pipeline.core.atomic import write_text
-from pipeline.core.errors import FascicleError
+from pipeline.core.errors import FascicleError, SlideBusyError
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,8 @@ def _guarded(job: Job, entry: SlideEntry, **options: object) -> dict:
     """Run ``job``; turn any failure into an error row (the batch must go on)."""
     try:
         return {"slide_id": entry.slide_id, "status": "ok", **job(entry, **options)}
+    except SlideBusyError as err:
+        return {"slide_id": entry.slide_id, "status": "not_done", "error": str(err)}
     except FascicleError as err:
         return {"slide_id": entry.slide_id, "status": "error", "error": str(err)}
     except Exception as err:  # an unexpected bug must not sink the other slides
@@ -68,6 +71,50 @@ def _one_thread_per_worker() -> Iterator[None]:
                 os.environ[k] = v
 
 
+WORKER_DIED = (
+    "{path}: the worker process died while this slide was in progress (killed, or out of "
+    "memory); rerun, with fewer --workers if memory is short"
+)
+
+
+def _die_with_parent() -> None:
+    """Pool initializer: on Linux, a worker is killed when the main process dies."""
+    import ctypes
+    import signal
+    import sys
+
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError):
+            ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def _run_pool(job, entries, workers, done, last: bool, options) -> list:
+    """One pool over ``entries``; returns those caught by a worker's death (to retry), or
+    reports them as errors when ``last``."""
+    context = multiprocessing.get_context("spawn")
+    lost = []
+    with (
+        _one_thread_per_worker(),
+        ProcessPoolExecutor(
+            min(workers, len(entries)), mp_context=context, initializer=_die_with_parent
+        ) as pool,
+    ):
+        futures = {pool.submit(partial(_guarded, job, e, **options)): e for e in entries}
+        for future in as_completed(futures):
+            entry = futures[future]
+            try:
+                done(entry, future.result())
+            except BrokenProcessPool:
+                if last:
+                    error = WORKER_DIED.format(path=entry.path)
+                    done(entry, {"slide_id": entry.slide_id, "status": "error", "error": error})
+                else:
+                    lost.append(entry)
+    if lost:
+        log.warning("a worker process died; retrying %d slide(s) in a new pool", len(lost))
+    return lost
+
+
 def run_slides(
     job: Job,
     entries: Sequence[SlideEntry],
@@ -94,17 +141,9 @@ def run_slides(
             for entry in entries:
                 done(entry, _guarded(job, entry, **options))
         else:
-            context = multiprocessing.get_context("spawn")
-            with (
-                _one_thread_per_worker(),
-                ProcessPoolExecutor(min(workers, len(entries)), mp_context=context) as pool,
-            ):
-                futures = {
-                    pool.submit(partial(_guarded, job, entry, **options)): entry
-                    for entry in entries
-                }
-                for future in as_completed(futures):
-                    done(futures[future], future.result())
+            lost = _run_pool(job, entries, workers, done, False, options)
+            for entry in lost:  # alone now: a slide that kills its worker harms no other
+                _run_pool(job, [entry], 1, done, True, options)
     finally:
         bar.close()
     return [rows[e.slide_id] for e in entries]

@@ -50,6 +50,10 @@ class EmptySlideError(SlideError):
     """No tissue was found on the slide."""
 
 
+class SlideBusyError(FascicleError):
+    """Another live process holds the slide: it is reported as not done, never as done."""
+
+
 class ManifestError(UsageError):
     """A manifest has problems; all of them are listed at once."""
 

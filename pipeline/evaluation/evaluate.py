@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.core.atomic import write_text
+from pipeline.core.atomic import writable_folder, write_text
 from pipeline.core.batch import csv_text
 from pipeline.core.errors import UsageError
 from pipeline.evaluation.metrics_report import report_level
@@ -159,7 +159,7 @@ def run_evaluation(
     from pipeline.core.hashing import file_sha256
     from pipeline.evaluation.tile_bank import evaluate_tiles
 
-    out.mkdir(parents=True, exist_ok=True)
+    writable_folder(out)
     if manifest is not None:
         levels = {
             "slide": evaluate_slides(

@@ -296,16 +296,27 @@ def read_ihc_csv(path: str | Path, kb: KnowledgeBase | None = None) -> dict[str,
         with open(path, newline="", encoding="utf-8-sig") as fh:
             reader = csv.DictReader(fh)
             columns = [c.strip() for c in reader.fieldnames or []]
-            rows = [{(k or "").strip(): (v or "").strip() for k, v in r.items()} for r in reader]
+            raw = list(reader)
     except (OSError, UnicodeDecodeError, csv.Error) as err:
         raise IHCError(f"{path}: cannot read the IHC table ({err})") from None
+    extra = [i + 2 for i, r in enumerate(raw) if None in r]
+    if extra:
+        lines = ", ".join(map(str, extra[:10]))
+        raise IHCError(
+            f"{path}: line(s) {lines} have more cells than the header ({len(columns)}); "
+            "quote values that contain commas"
+        )
+    rows = [{(k or "").strip(): (v or "").strip() for k, v in r.items()} for r in raw]
     if "slide_id" not in columns:
         raise IHCError(f"{path}: needs a slide_id column; found {', '.join(columns) or 'none'}")
     panels: dict[str, Panel] = {}
     errors: list[str] = []
-    long_form = {"marker", "result"} <= set(columns) or (
-        "marker" in columns and "percent" in columns
-    )
+    long_form = "marker" in columns
+    if long_form and not {"result", "percent", "hscore"} & set(columns):
+        raise IHCError(
+            f"{path}: a long-form IHC table (it has a marker column) needs a result column "
+            "(or percent / hscore); found " + ", ".join(columns)
+        )
 
     def add(slide_id: str, marker_name: str, value: str, where: str, **numbers: str) -> None:
         panel = panels.setdefault(slide_id, Panel())

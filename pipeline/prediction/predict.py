@@ -17,8 +17,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pipeline import __version__
+from pipeline.core.atomic import clean_stale_temps, writable_folder
 from pipeline.core.batch import run_slides
-from pipeline.core.errors import FascicleError
+from pipeline.core.errors import FascicleError, SlideBusyError
 from pipeline.ihc.panel import Panel
 from pipeline.prediction.call import make_call
 from pipeline.prediction.locks import SlideLock
@@ -29,6 +30,7 @@ from pipeline.prediction.result import (
     Provenance,
     QCDoc,
     SlideResult,
+    slide_folder,
     write_result,
 )
 from pipeline.prediction.session import (
@@ -171,7 +173,7 @@ def predict_slide(
     t = time.perf_counter()
     ood = None if output.ood is None else output.ood > m.ood["threshold"]
     write_slide_outputs(
-        out / "slides" / entry.slide_id,
+        slide_folder(out, entry.slide_id),
         coords,
         spec.patch_size_level0,
         output.tile_probs,
@@ -200,9 +202,16 @@ def _relative(path: Path, root: Path) -> str:
 def _predict_job(
     entry: SlideEntry, loaded: LoadedModel, options: PredictOptions, out: Path, panels: dict
 ) -> dict:
-    lock = SlideLock(out / "slides" / entry.slide_id)
-    if not lock.acquire():
-        return {"locked": str(lock.path)}
+    lock = SlideLock(slide_folder(out, entry.slide_id))
+    if options.wait and not options.overwrite:
+        lock.wait()
+        if is_done(out, entry.slide_id, params_hash(loaded, options, _panel_text(panels, entry))):
+            return {"call": "done by another process"}
+    if not lock.acquire(force=options.overwrite):
+        raise SlideBusyError(
+            f"{entry.path}: being predicted by another process ({lock.holder()}, lock "
+            f"{lock.path}); rerun when it has finished, or pass --wait"
+        )
     try:
         result = predict_slide(entry, loaded, options, out, panels.get(entry.slide_id))
         return {"call": result.call.label}
@@ -233,17 +242,18 @@ def predict_slides(
         for s in sorted(panels)
         if s not in ids
     ]
-    out.mkdir(parents=True, exist_ok=True)
+    writable_folder(out)
+    clean_stale_temps(out)
     digests = {e.slide_id: params_hash(loaded, options, _panel_text(panels, e)) for e in entries}
     todo = [
         e for e in entries if options.overwrite or not is_done(out, e.slide_id, digests[e.slide_id])
     ]
 
+    locked: dict[str, str] = {}
+
     def on_row(entry: SlideEntry, row: dict) -> None:
-        if row.get("locked"):
-            warnings.append(
-                f"{entry.slide_id}: locked by another process ({row['locked']}); skipped"
-            )
+        if row["status"] == "not_done":
+            locked[entry.slide_id] = row["error"]
         elif row["status"] == "error":
             failed = SlideResult.failed(
                 entry.slide_id, str(entry.path), row["error"], digests[entry.slide_id]
@@ -265,7 +275,7 @@ def predict_slides(
     )
     if not finalize:
         return []
-    rows = write_summary_csv(out)
+    rows = write_summary_csv(out, locked)
     write_report(out, loaded.path, loaded.sha256, loaded.meta, warnings)
     return rows
 

@@ -54,9 +54,13 @@ def summary_row(r: SlideResult) -> dict:
     return row
 
 
-def write_summary_csv(out: Path) -> list[dict]:
-    """``summary.csv`` from every ``result.json`` under ``out`` (all shards together)."""
-    rows = [summary_row(r) for r in read_results(out)]
+def write_summary_csv(out: Path, not_done: dict[str, str] | None = None) -> list[dict]:
+    """``summary.csv`` from every ``result.json`` under ``out`` (all shards together), plus a
+    ``not_done`` row for each slide another process still holds (``not_done``: id → why)."""
+    not_done = not_done or {}
+    rows = [summary_row(r) for r in read_results(out) if r.slide_id not in not_done]
+    rows += [{"slide_id": s, "status": "not_done", "error": why} for s, why in not_done.items()]
+    rows.sort(key=lambda row: row["slide_id"])
     extra = sorted({k for row in rows for k in row} - set(SUMMARY_COLUMNS))
     write_text(out / "summary.csv", csv_text(rows, SUMMARY_COLUMNS + extra))
     return rows

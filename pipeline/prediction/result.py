@@ -13,6 +13,7 @@ from pathlib import Path
 
 from pipeline import __version__
 from pipeline.core.atomic import write_text
+from pipeline.core.paths import under
 
 SCHEMA_VERSION = 1
 
@@ -123,8 +124,13 @@ class SlideResult:
         )
 
 
+def slide_folder(out: Path, slide_id: str) -> Path:
+    """``out/slides/<slide_id>``, refused when the id would leave ``out``."""
+    return under(out, "slides", slide_id)
+
+
 def result_path(out: Path, slide_id: str) -> Path:
-    return Path(out) / "slides" / slide_id / "result.json"
+    return slide_folder(out, slide_id) / "result.json"
 
 
 def write_result(out: Path, result: SlideResult) -> Path:

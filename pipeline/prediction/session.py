@@ -4,6 +4,7 @@ before a slide's call (tissue unlike the training data, prediction sets)."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,19 @@ class PredictOptions:
     calls: str | None = None
     coverage: float | None = None
     """Split-conformal prediction sets at this coverage (e.g. 0.9); None: no sets."""
+    wait: bool = False
+    """Wait for slides another process holds instead of reporting them as not done."""
+
+    def check(self) -> None:
+        """Refuse bad values before any slide (``UsageError`` naming the option)."""
+        if self.batch_size < 1:
+            raise UsageError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if self.workers < 0:
+            raise UsageError(f"--workers must be 0 or more, got {self.workers}")
+        if self.coverage is not None and not 0 < self.coverage < 1:
+            raise UsageError(f"--coverage must be between 0 and 1, got {self.coverage}")
+        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device):
+            raise UsageError(f"--device {self.device!r}: use auto, cpu, cuda or cuda:N")
 
 
 @dataclass
@@ -58,9 +72,14 @@ def load_for_prediction(model_path: str | Path, options: PredictOptions) -> Load
     """Load and check the model, knowledge base and call settings before any slide."""
     from models.checkpoint import load_model
     from pipeline.ihc.knowledge import load_knowledge
+    from pipeline.tiles.runner import resolve_device
 
+    options.check()
+    resolve_device(options.device)  # no CUDA: refused now, not per slide
     model, meta = load_model(model_path)
     kb = load_knowledge(options.knowledge)
+    if options.prior is not None:
+        kb.prior(options.prior)  # an unknown prior names the known ones
     scheme = meta.scheme()
     class_of = kb_class_of(kb, meta.classes, lambda label: scheme.class_of(label, rest=False))
     empty = [c for c in meta.classes if c not in class_of.values()]
@@ -70,8 +89,6 @@ def load_for_prediction(model_path: str | Path, options: PredictOptions) -> Load
             f"knowledge base ({kb.path}); name classes like its entities or image classes, "
             "or fold labels into them with data.label_map when training"
         )
-    if options.coverage is not None and not 0 < options.coverage < 1:
-        raise UsageError(f"--coverage must be between 0 and 1, got {options.coverage}")
     config = CallConfig.load(options.calls)
     sha = file_sha256(model_path)
     return LoadedModel(Path(model_path), sha, model, meta, kb, config, class_of)
@@ -108,8 +125,9 @@ def params_hash(loaded: LoadedModel, options: PredictOptions, panel_text: str) -
 
 
 def is_done(out: Path, slide_id: str, digest: str) -> bool:
+    """Finished with these parameters: an ``ok`` result (errors are retried on rerun)."""
     result = read_result(result_path(out, slide_id))
-    return result is not None and result.provenance.params_hash == digest
+    return result is not None and result.ok and result.provenance.params_hash == digest
 
 
 def ood_fraction(scores: np.ndarray | None, meta: ModelMeta) -> float | None:

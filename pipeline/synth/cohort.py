@@ -115,7 +115,7 @@ def plan_cohort(params: CohortParams, out: Path) -> list[SlidePlan]:
         groups += [[s] for s in slides[2 * n_pairs :]]
         order = rng.permutation(len(groups))
         n_test = max(1, int(len(groups) * 0.2)) if len(groups) >= 3 else 0
-        n_val = max(1, int(len(groups) * 0.2)) if len(groups) >= 3 else 0
+        n_val = max(1, int(len(groups) * 0.2)) if len(groups) >= 2 else 0  # train needs one
         choices = ENTITY_CHOICES[label]
         offset = int(rng.integers(len(choices)))
         for rank, g in enumerate(order):

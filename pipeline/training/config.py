@@ -146,6 +146,8 @@ def _coerce(hint, value, path: str, source: str):
     allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
     if value is None and type(None) in allowed:
         return None
+    if int in allowed and isinstance(value, int) and not isinstance(value, bool):
+        return value  # float | int: 1 means one batch, 1.0 all of them (as in Lightning)
     for t in allowed:
         origin = typing.get_origin(t) or t
         if origin is float and isinstance(value, int | float) and not isinstance(value, bool):
@@ -155,6 +157,61 @@ def _coerce(hint, value, path: str, source: str):
         if origin in (bool, str, list, dict) and isinstance(value, origin):
             return value
     raise UsageError(f"{source}: {path}={value!r} should be {hint}")
+
+
+PRECISIONS = ("32-true", "32", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true")
+STAIN_NORMALISATIONS = ("none", "macenko")
+TILE_AGGREGATORS = ("mean", "top_k", "quantile", "vote")
+
+
+def config_problems(c: RunConfig) -> list[str]:
+    """Every value out of its range or set, each naming its key and what is allowed."""
+    d, m, o, t, a = c.data, c.model, c.optim, c.trainer, c.augment
+    checks = [
+        (d.target_mpp > 0, "data.target_mpp must be > 0 (µm per pixel)"),
+        (d.tile_px >= 16, "data.tile_px must be at least 16"),
+        (0 <= d.min_tissue <= 1, "data.min_tissue must be between 0 and 1"),
+        (d.tiles_per_slide >= 1, "data.tiles_per_slide must be at least 1"),
+        (d.eval_tiles_per_slide >= 1, "data.eval_tiles_per_slide must be at least 1"),
+        (d.batch_size >= 1, "data.batch_size must be at least 1"),
+        (d.num_workers >= 0, "data.num_workers must be 0 or more"),
+        (d.tiling_workers >= 1, "data.tiling_workers must be at least 1"),
+        (0 <= d.val_fraction < 1, "data.val_fraction must be in [0, 1)"),
+        (0 <= d.test_fraction < 1, "data.test_fraction must be in [0, 1)"),
+        (d.backend in ("auto", "openslide", "tifffile"), "data.backend: auto|openslide|tifffile"),
+        (all(isinstance(x, str) for x in d.classes), "data.classes must be names (strings)"),
+        (
+            a.stain_normalisation in STAIN_NORMALISATIONS,
+            f"augment.stain_normalisation must be one of {', '.join(STAIN_NORMALISATIONS)}",
+        ),
+        (m.kind in ("tile", "mil"), "model.kind must be tile or mil"),
+        (
+            m.kind == "mil" or m.aggregator in TILE_AGGREGATORS,
+            f"model.aggregator must be one of {', '.join(TILE_AGGREGATORS)}",
+        ),
+        (0 <= m.dropout < 1, "model.dropout must be in [0, 1)"),
+        (0 < m.ood_quantile < 1, "model.ood_quantile must be between 0 and 1"),
+        (m.max_bag >= 1 and m.attention_dim >= 1, "model.max_bag and attention_dim must be >= 1"),
+        (o.lr > 0, "optim.lr must be > 0"),
+        (o.weight_decay >= 0 and o.warmup_epochs >= 0, "optim.weight_decay and warmup_epochs >= 0"),
+        (0 <= o.label_smoothing < 1, "optim.label_smoothing must be in [0, 1)"),
+        (t.max_epochs >= 1, "trainer.max_epochs must be at least 1"),
+        (
+            str(t.precision) in PRECISIONS,
+            f"trainer.precision must be one of {', '.join(PRECISIONS)}",
+        ),
+        (
+            t.num_nodes >= 1 and t.log_every_n_steps >= 1,
+            "trainer.num_nodes, log_every_n_steps >= 1",
+        ),
+        (_batches_ok(t.limit_train_batches), "trainer.limit_train_batches: a count >= 1 or (0, 1]"),
+        (_batches_ok(t.limit_val_batches), "trainer.limit_val_batches: a count >= 1 or (0, 1]"),
+    ]
+    return [f"{message}" for ok, message in checks if not ok]
+
+
+def _batches_ok(value: float | int) -> bool:
+    return value >= 1 if isinstance(value, int) else 0 < value <= 1
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> RunConfig:
@@ -180,11 +237,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Ru
                 raise UsageError(f"override {item!r}: {part} is not a section")
         node[parts[-1]] = yaml.safe_load(raw) if raw != "" else None
     config = _build(RunConfig, doc, "", source)
-    if config.model.kind not in ("tile", "mil"):
-        raise UsageError(f"{source}: model.kind must be tile or mil, not {config.model.kind!r}")
+    problems = config_problems(config)
+    if problems:
+        listing = "\n".join(f"  - {p}" for p in problems)
+        raise UsageError(f"{source}: {len(problems)} invalid value(s):\n{listing}")
     config.scheme()  # a bad class scheme fails here, naming the key
-    if not 0 < config.model.ood_quantile < 1:
-        raise UsageError(f"{source}: model.ood_quantile must be between 0 and 1")
     if not config.data.manifest:
         raise UsageError(f"{source}: data.manifest is required (a CSV of labelled slides)")
     return config

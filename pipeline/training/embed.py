@@ -19,6 +19,7 @@ from torch import nn
 from pipeline.core.atomic import atomic_path
 from pipeline.core.errors import UsageError
 from pipeline.core.hashing import params_digest
+from pipeline.core.paths import under
 from pipeline.training.config import RunConfig
 
 log = logging.getLogger(__name__)
@@ -90,7 +91,7 @@ def embed_slides(
 
     paths = {}
     for i, slide in enumerate(tqdm(slides, desc="embedding", unit="slide", disable=not progress)):
-        path = out_dir / f"{slide.entry.slide_id}.h5"
+        path = under(out_dir, f"{slide.entry.slide_id}.h5")
         paths[slide.entry.slide_id] = path
         digest = _hash(encoder, slide.spec, len(slide.coords))
         if path.exists():

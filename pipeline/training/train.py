@@ -14,13 +14,14 @@ import yaml
 
 from models.meta import ModelMeta
 from pipeline import __version__
-from pipeline.core.atomic import write_text
+from pipeline.core.atomic import writable_folder, write_text
 from pipeline.core.hashing import file_sha256
 from pipeline.training.calibration import finish_tile_model
 from pipeline.training.config import RunConfig
 from pipeline.training.trainer import (
     TrainResult,
     best_state,
+    check_accelerator,
     make_trainer,
     scheme_fields,
     write_model,
@@ -32,7 +33,8 @@ def train(config: RunConfig, progress: bool = True) -> TrainResult | None:
     import pytorch_lightning as pl
 
     run_dir = Path(config.out)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    check_accelerator(config)
+    writable_folder(run_dir)
     write_text(run_dir / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
     pl.seed_everything(config.seed, workers=True, verbose=False)
     if config.model.kind == "mil":

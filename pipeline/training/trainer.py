@@ -12,6 +12,7 @@ from torch import nn
 
 from models.meta import ModelMeta
 from pipeline.core.atomic import write_text
+from pipeline.core.errors import UsageError
 from pipeline.training.config import RunConfig
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,18 @@ def scheme_fields(scheme, slides) -> dict:
         "positive_class": scheme.positive,
         "class_balance": [1.0 / len(scheme.classes)] * len(scheme.classes),
     }
+
+
+def check_accelerator(config: RunConfig) -> None:
+    """A GPU asked for where there is none is a usage error now, not Lightning's later."""
+    import torch
+
+    accelerator = str(config.trainer.accelerator)
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise UsageError(
+            f"trainer.accelerator={accelerator} but this machine has no CUDA GPU; "
+            "pass --trainer.accelerator=cpu (and --trainer.precision=32-true)"
+        )
 
 
 def make_trainer(config: RunConfig, run_dir: Path, progress: bool):

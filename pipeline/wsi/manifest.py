@@ -71,6 +71,21 @@ def _parse_row(row: dict[str, str], line: int, base: Path, problems: list[str]) 
     )
 
 
+def unsafe_id(slide_id: str) -> str | None:
+    """Why ``slide_id`` cannot name a file under an output folder, or None when it can."""
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in slide_id):
+        return "has control characters"
+    if "/" in slide_id or "\\" in slide_id:
+        return "has a path separator"
+    if slide_id.startswith("."):
+        return "starts with a dot"
+    if slide_id != slide_id.strip():
+        return "starts or ends with white space"
+    if len(slide_id.encode()) > 200:
+        return "is longer than 200 bytes"
+    return None
+
+
 def validate_entries(
     entries: Sequence[SlideEntry], labels: Iterable[str] | None = None
 ) -> list[str]:
@@ -79,6 +94,9 @@ def validate_entries(
     seen: dict[str, int] = {}
     for entry in entries:
         seen[entry.slide_id] = seen.get(entry.slide_id, 0) + 1
+        unsafe = unsafe_id(entry.slide_id)
+        if unsafe and entry.slide_id:
+            problems.append(f"slide_id {entry.slide_id!r} {unsafe}; ids name output files")
     problems += [f"slide_id {s!r} appears {n} times" for s, n in seen.items() if n > 1 and s]
     if labels is not None:
         allowed = set(labels)

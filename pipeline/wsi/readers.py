@@ -84,6 +84,13 @@ class OpenSlideReader(Reader):
         try:
             self._slide = openslide.OpenSlide(str(path))
         except openslide.OpenSlideError as err:
+            if path.suffix.lower() == ".dcm" or "flavor" in str(err).lower():
+                raise UnsupportedFormatError(
+                    path,
+                    f"a DICOM variant OpenSlide cannot read ({err})",
+                    "OpenSlide reads DICOM whole-slide images (VL Whole Slide Microscopy, tiled "
+                    "full); convert this one to a pyramidal tiled TIFF",
+                ) from None
             raise CorruptSlideError(
                 path,
                 f"OpenSlide recognised the format but could not open it ({err})",

@@ -48,7 +48,9 @@ def _check(path: str | Path, mpp_x: float, mpp_y: float, source: str) -> Resolut
             raise InvalidResolutionError(
                 path,
                 f"{value:g} µm/px from {source} is outside the plausible range {lo}-{hi} µm/px",
-                FIX,
+                "correct the --slide-mpp value or the manifest's mpp column"
+                if source == "override"
+                else FIX,
             )
     if abs(mpp_x - mpp_y) / max(mpp_x, mpp_y) > MAX_XY_DISAGREEMENT:
         raise InvalidResolutionError(

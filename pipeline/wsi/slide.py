@@ -8,12 +8,13 @@
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from pipeline.core.errors import InvalidResolutionError
+from pipeline.core.errors import InvalidResolutionError, SlideError
 from pipeline.wsi.readers import Reader, open_reader
 from pipeline.wsi.resolution import Resolution, resolve_mpp
 
@@ -21,6 +22,17 @@ LEVEL_MPP_TOLERANCE = 0.025
 """A pyramid level up to 2.5% coarser than the requested resolution is still used (the tile is
 then resized up by at most that much); scanners' nominal 0.5 µm/px is often 0.504-0.51."""
 THUMBNAIL_CHUNK = 4096
+DEFAULT_BUDGET_MB = 1024
+
+
+def memory_budget_bytes() -> int:
+    """The most one thumbnail or mask may take: ``FASCICLE_MEMORY_BUDGET_MB`` (1024)."""
+    try:
+        return int(float(os.environ.get("FASCICLE_MEMORY_BUDGET_MB", DEFAULT_BUDGET_MB)) * 2**20)
+    except ValueError:
+        return DEFAULT_BUDGET_MB * 2**20
+
+
 """Thumbnails are assembled from regions of at most this many level pixels per side."""
 
 
@@ -102,9 +114,11 @@ class Slide:
         if not fine_enough:
             raise InvalidResolutionError(
                 self.path,
-                f"requested {target_mpp:g} µm/px is finer than the slide's {self.mpp:.4g} µm/px; "
-                "tiles would have to be up-sampled",
-                f"choose --mpp {self.mpp:.3g} or coarser",
+                f"scanned at {self.mpp:.4g} µm/px, coarser than the {target_mpp:g} µm/px asked for "
+                "(tiles would have to be up-sampled)",
+                f"use a model trained at {self.mpp:.3g} µm/px or coarser, or tile with --mpp "
+                f"{self.mpp:.3g} or coarser; if the slide's resolution is wrong, correct it with "
+                "--slide-mpp",
             )
         return max(fine_enough, key=self.level_mpp)
 
@@ -124,6 +138,14 @@ class Slide:
         w0, h0 = self.dimensions
         downsample = mpp / self.mpp
         out_w, out_h = max(1, math.ceil(w0 / downsample)), max(1, math.ceil(h0 / downsample))
+        budget = memory_budget_bytes()
+        if out_w * out_h * 3 > budget:
+            raise SlideError(
+                self.path,
+                f"declares {w0} x {h0} px; a {out_w} x {out_h} thumbnail would need "
+                f"{out_w * out_h * 3 / 2**30:.1f} GiB, over the {budget / 2**30:.1f} GiB budget",
+                "check the file is a real slide; raise FASCICLE_MEMORY_BUDGET_MB if it is",
+            )
         out = np.empty((out_h, out_w, 3), np.uint8)
         scale = downsample / self.level_downsamples[level]  # level px per output px
         step = max(1, int(THUMBNAIL_CHUNK / scale))  # output px per chunk

@@ -17,9 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.core.atomic import write_png
+from pipeline.core.atomic import clean_stale_temps, writable_folder, write_png
 from pipeline.core.batch import run_slides, write_summary
 from pipeline.core.errors import UsageError
+from pipeline.core.paths import under
 from pipeline.wsi.manifest import SlideEntry
 from pipeline.wsi.slide import Slide
 from pipeline.wsi.tiling import TilingParams, load_tiles, qc_image, save_tiles, tile_slide
@@ -41,6 +42,11 @@ SUMMARY_COLUMNS = (
 )
 
 
+def tiles_file(out: Path, slide_id: str) -> Path:
+    """``out/tiles/<slide_id>.h5``, refused when the id would leave ``out``."""
+    return under(out, "tiles", f"{slide_id}.h5")
+
+
 def tiling_params(
     mpp: float = 0.5,
     tile_px: int = 224,
@@ -49,6 +55,10 @@ def tiling_params(
     fill_holes: bool = False,
 ) -> TilingParams:
     """Tiling parameters from command-line values; bad values are a ``UsageError``."""
+    if tile_px < 16:
+        raise UsageError(f"--tile-px must be at least 16, got {tile_px}")
+    if not 0 <= overlap_px < tile_px:
+        raise UsageError(f"--overlap must be in [0, --tile-px), got {overlap_px}")
     try:
         params = TilingParams(
             target_mpp=mpp, tile_px=tile_px, overlap_px=overlap_px, min_tissue=min_tissue
@@ -78,7 +88,7 @@ def _expected_hash(entry: SlideEntry, params: TilingParams, masks: Path | None) 
 
 def is_finished(entry: SlideEntry, out: Path, params: TilingParams, masks: Path | None) -> bool:
     """True when ``out`` holds this slide's coordinates made with the same parameters."""
-    h5_path = out / "tiles" / f"{entry.slide_id}.h5"
+    h5_path = tiles_file(out, entry.slide_id)
     if not h5_path.exists():
         return False
     try:
@@ -101,7 +111,7 @@ def tile_entry(
     """Tile one slide into ``out``; return its summary row (raises ``SlideError``).
 
     ``slide``: the slide already open (the caller keeps it open), else it is opened here."""
-    h5_path = out / "tiles" / f"{entry.slide_id}.h5"
+    h5_path = tiles_file(out, entry.slide_id)
     user_mask = find_user_mask(masks, entry.slide_id)
     if not overwrite and is_finished(entry, out, params, masks):
         coords, attrs = load_tiles(h5_path)
@@ -123,8 +133,9 @@ def tile_entry(
             slide = stack.enter_context(Slide(entry.path, mpp=entry.mpp, backend=backend))
         tiles = tile_slide(slide, params, user_mask, mask_mode)
         tiles.slide_id = entry.slide_id
-        write_png(out / "masks" / f"{entry.slide_id}.png", tiles.mask.mask.astype(np.uint8) * 255)
-        write_png(out / "qc" / f"{entry.slide_id}.png", qc_image(tiles, slide))
+        mask = tiles.mask.mask.astype(np.uint8) * 255
+        write_png(under(out, "masks", f"{entry.slide_id}.png"), mask)
+        write_png(under(out, "qc", f"{entry.slide_id}.png"), qc_image(tiles, slide))
         seconds = time.perf_counter() - start
         tiles.seconds = seconds
         save_tiles(
@@ -164,7 +175,8 @@ def tile_slides(
         raise UsageError(f"{masks}: mask file or folder not found")
     if masks is not None and masks.is_file() and len(entries) > 1:
         raise UsageError(f"{masks}: a mask file works for one slide; give a folder for several")
-    out.mkdir(parents=True, exist_ok=True)
+    writable_folder(out)
+    clean_stale_temps(out)
     # finished slides are summarised here; only the rest go to worker processes
     todo = [e for e in entries if overwrite or not is_finished(e, out, params, masks)]
     rows = run_slides(

@@ -1,0 +1,52 @@
+"""Argument types and the option groups several ``fascicle`` verbs share: values are checked
+as they are parsed, so a bad one stops the command (exit 2) before any work."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from pathlib import Path
+
+
+def positive_float(text: str) -> float:
+    if not float(text) > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return float(text)
+
+
+def fraction(text: str) -> float:
+    if not 0 <= float(text) <= 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
+    return float(text)
+
+
+def at_least(low: int) -> Callable[[str], int]:
+    """An integer type refusing values below ``low``."""
+
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {text}")
+        return value
+
+    return parse
+
+
+def batch_args(p: argparse.ArgumentParser, workers: int, what: str) -> None:
+    """Options of the verbs that run over a batch of slides (predict's workers may be 0:
+    tiles then load in the main process)."""
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    low = 0 if what.startswith("tile-reading") else 1
+    p.add_argument("--workers", type=at_least(low), default=workers, help=f"{what} ({workers})")
+    p.add_argument("--overwrite", action="store_true", help="redo finished slides")
+
+
+def call_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--prior", help="named prior of the knowledge base (default: neutral)")
+    p.add_argument("--coverage", type=fraction, help="conformal prediction sets, e.g. 0.9")
+
+
+def slides_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("slides", nargs="*", type=Path, help="slide files or folders (or --manifest)")
+    p.add_argument("--manifest", type=Path, help="CSV with slide_id,path[,mpp,...]")
+    p.add_argument("--slide-mpp", type=positive_float, help="override the slides' µm/px")
