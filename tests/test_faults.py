@@ -365,3 +365,28 @@ def test_a_small_synthetic_cohort_still_has_a_validation_slide():
 
     plans = plan_cohort(CohortParams(n_slides=6, seed=0), Path("cohort"))
     assert {p.split for p in plans} >= {"train", "val"}
+
+
+def _coords(out: Path) -> dict:
+    import h5py
+
+    found = {}
+    for path in sorted((out / "tiles").glob("*.h5")):
+        with h5py.File(path, "r") as f:
+            found[path.stem] = f["coords"][:].tolist()
+    return found
+
+
+def test_kill_9_of_tile_then_rerun_equals_an_uninterrupted_run(tiny_cohort, tmp_path):
+    args = ["-q", "tile", "--manifest", str(tiny_cohort / "manifest.csv"), "--mpp", "1.0",
+            "--tile-px", "64", "--workers", "2"]  # fmt: skip
+    base = [sys.executable, "-m", "pipeline.cli", *args]
+    subprocess.run([*base, "--out", str(tmp_path / "ref")], cwd=ROOT, check=True)
+    proc = subprocess.Popen([*base, "--out", str(tmp_path / "run")], cwd=ROOT)
+    time.sleep(3.0)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    again = subprocess.run([*base, "--out", str(tmp_path / "run")], cwd=ROOT, capture_output=True)
+    assert again.returncode == 0 and b"Traceback" not in again.stderr
+    assert _coords(tmp_path / "run") == _coords(tmp_path / "ref")
+    assert len(_coords(tmp_path / "ref")) == 9
