@@ -1,7 +1,8 @@
 import pytest
 
 from pipeline.ihc.knowledge import load_knowledge
-from pipeline.ihc.panel import IHCError, parse_panel, read_ihc_csv
+from pipeline.ihc.panel import IHCError, parse_panel
+from pipeline.ihc.tables import read_ihc_csv
 
 CASE = (
     "desmin+ h-caldesmon+ vimentin+ EMA- PR- GFAP- TTF-1- calcitonin- Melan-A- HMB45- SMA- "
@@ -64,8 +65,11 @@ def test_aliases_and_result_synonyms(text, marker, state):
 def test_unknown_markers_are_reported_not_dropped():
     panel = parse_panel("desmin+ Ki-67 20%, CD99+")
     assert set(panel.results) == {"desmin"}
-    assert panel.unknown == ["Ki-67", "CD99"]
-    assert any("Ki-67" in w and "knowledge.yaml" in w for w in panel.warnings)
+    assert panel.unknown == [] and [n.split()[0] for n in panel.noted] == ["Ki-67", "CD99"]
+    assert "grade hint" in panel.noted[0] and panel.usage() == "1 of 3 markers used"
+    odd = parse_panel("desmin+ FOOBAR7 positive")
+    assert odd.unknown == ["FOOBAR7 positive"] or "FOOBAR7" in " ".join(odd.unknown)
+    assert any("FOOBAR7" in w for w in odd.warnings)
 
 
 @pytest.mark.parametrize(
@@ -104,7 +108,7 @@ def test_wide_csv(tmp_path):
     path.write_text("slide_id,desmin,h-caldesmon,STAT6,Ki67\ns1,+,focal,,15%\ns2,-,-,positive,\n")
     panels = read_ihc_csv(path)
     assert states(panels["s1"]) == {"desmin": "positive", "h_caldesmon": "focal"}
-    assert panels["s1"].unknown == ["Ki67"]
+    assert panels["s1"].unknown == [] and panels["s1"].noted[0].startswith("Ki-67")
     assert states(panels["s2"]) == {
         "desmin": "negative",
         "h_caldesmon": "negative",
@@ -150,3 +154,50 @@ def test_synthetic_cohort_ihc_files_parse(tmp_path):
     path.write_text("\n".join(rows) + "\n")
     panels = read_ihc_csv(path, kb)
     assert len(panels) == 30 and all(not p.unknown for p in panels.values())
+
+
+def _phrasings() -> list[tuple[str, str, str]]:
+    import csv
+    from pathlib import Path
+
+    path = Path(__file__).parent / "data" / "ihc_phrasings.csv"
+    with open(path, newline="") as fh:
+        return [(r["phrase"], r["marker"], r["state"]) for r in csv.DictReader(fh)]
+
+
+@pytest.mark.parametrize("phrase, marker, state", _phrasings())
+def test_report_phrasings_read_as_written(phrase, marker, state):
+    """Over 250 ways reports write one result, each with the parse a pathologist means."""
+    panel = parse_panel(phrase)
+    assert {k: r.state for k, r in panel.results.items()} == {marker: state}, phrase
+    assert not panel.unknown and not panel.warnings, phrase
+
+
+def test_the_phrasing_fixture_is_large_and_covers_every_result():
+    rows = _phrasings()
+    assert len(rows) >= 200
+    assert {s for *_, s in rows} == {"positive", "negative", "focal", "equivocal", "not_performed"}
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "EMA negative, focally positive",
+        "desmin negative (focal strong staining)",
+        "+ desmin",
+        "desmin",
+        "SMA maybe",
+    ],
+)
+def test_unreadable_or_contradictory_results_are_named_errors(text):
+    with pytest.raises(IHCError, match=r"fragment|marker"):
+        parse_panel(text)
+
+
+def test_signs_followed_by_qualifiers_never_flip():
+    panel = parse_panel("STAT6 - nuclear +, CD34 - , S100 - focal")
+    assert {k: r.state for k, r in panel.results.items()} == {
+        "STAT6_nuclear": "positive",
+        "CD34": "negative",
+        "S100": "focal",
+    }

@@ -271,6 +271,9 @@ def summarise(
     out: dict = {
         "panel": {r.marker: r.state for r in diff.panel.performed.values()},
         "unknown_markers": list(diff.panel.unknown),
+        "noted_markers": list(diff.panel.noted),
+        "markers_used": diff.panel.usage(),
+        "panel_text": diff.panel.raw,
         "warnings": list(diff.panel.warnings),
         "image_used": diff.has_image,
         "differential": [
@@ -337,6 +340,11 @@ def format_summary(summary: dict) -> str:
             f"{status}: {call['leading']} ({call['probability']:.2f}), entity {call['entity']}"
         )
         lines += [f"  reason: {r}" for r in call["reasons"]]
+        lines.append("")
+    if "markers_used" in summary:
+        lines.append(f"IHC: {summary['markers_used']}")
+        lines += [f"  noted, not used: {n}" for n in summary.get("noted_markers", [])]
+        lines += [f"  not read: {u!r}" for u in summary.get("unknown_markers", [])]
         lines.append("")
     lines.append(f"{'rank':<5}{'entity':<42}{'probability':>12}  image class")
     for i, row in enumerate(summary["differential"], 1):

@@ -75,7 +75,11 @@ class KnowledgeBase:
     default_prior: str
     clip: tuple[float, float]
     extra: dict = field(default_factory=dict)
+    noted: dict[str, str] = field(default_factory=dict)
+    """Markers reports carry that the likelihood table does not hold yet: display → why they
+    are read and recorded but not used."""
     _alias_index: dict[str, str] = field(default_factory=dict, repr=False)
+    _noted_index: dict[str, str] = field(default_factory=dict, repr=False)
     _marker_pos: dict[str, int] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
@@ -103,6 +107,10 @@ class KnowledgeBase:
         """P(marker positive | entity), clipped to the assay error floor."""
         value = self.p_positive[self.entity_index(entity), self.marker_index(marker)]
         return float(np.clip(value, *self.clip))
+
+    def resolve_noted(self, name: str) -> str | None:
+        """Display name of a noted (read, not used) marker for a name or alias."""
+        return self._noted_index.get(normalise_name(name))
 
     def resolve_marker(self, name: str) -> str | None:
         """Canonical marker key for a name or alias (``hCaldesmon`` → ``h_caldesmon``)."""
@@ -156,6 +164,14 @@ def _load(path: Path) -> KnowledgeBase:
             norm = normalise_name(name)
             if alias_index.setdefault(norm, key) != key:
                 problems.append(f"alias {name!r} names both {alias_index[norm]} and {key}")
+    noted, noted_index = {}, {}
+    for display, item in (doc.get("noted_markers") or {}).items():
+        noted[display] = str((item or {}).get("why", "not in the likelihood table"))
+        for name in (display, *((item or {}).get("aliases") or ())):
+            norm = normalise_name(name)
+            if norm in alias_index:
+                problems.append(f"noted marker {name!r} is also marker {alias_index[norm]}")
+            noted_index[norm] = display
     image_class_of = {}
     for e, meta in (doc.get("entities") or {}).items():
         cls = (meta or {}).get("image_class")
@@ -242,5 +258,7 @@ def _load(path: Path) -> KnowledgeBase:
         default_prior=default_prior,
         clip=(float(clip[0]), float(clip[1])),
         extra={"prior_floor": floors},
+        noted=noted,
         _alias_index=alias_index,
+        _noted_index=noted_index,
     )

@@ -12,106 +12,22 @@ and reported as warnings; malformed values are errors naming the row or token.
 
 from __future__ import annotations
 
-import csv
 import re
-from collections.abc import Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from pipeline.core.errors import UsageError
 from pipeline.ihc.knowledge import KnowledgeBase, load_knowledge
+from pipeline.ihc.report import (
+    QUALIFIERS,
+    STOP_WORDS,
+    IHCError,
+    Reading,
+    is_result_word,
+    read_result,
+    split_fragments,
+    tokens,
+)
 
 STATES = ("positive", "negative", "focal", "equivocal", "not_performed")
-SYNONYMS = {
-    "positive": (
-        "positive",
-        "pos",
-        "+",
-        "++",
-        "+++",
-        "p",
-        "yes",
-        "diffuse",
-        "diffusely positive",
-        "strong",
-        "reactive",
-        "present",
-        "expressed",
-        "1+",
-        "2+",
-        "3+",
-    ),
-    "negative": (
-        "negative",
-        "neg",
-        "-",
-        "−",
-        "–",
-        "n",
-        "no",
-        "absent",
-        "nonreactive",
-        "non-reactive",
-        "not expressed",
-        "0",
-    ),
-    "focal": (
-        "focal",
-        "focally positive",
-        "patchy",
-        "weak",
-        "partial",
-        "scattered",
-        "(+)",
-        "multifocal",
-        "f",
-    ),
-    "equivocal": (
-        "equivocal",
-        "indeterminate",
-        "?",
-        "±",
-        "+/-",
-        "inconclusive",
-        "unclear",
-        "non-diagnostic",
-        "nondiagnostic",
-        "not evaluable",
-        "ne",
-    ),
-    "not_performed": (
-        "not_performed",
-        "not performed",
-        "na",
-        "n/a",
-        "nd",
-        "not done",
-        "pending",
-        "np",
-        "",
-    ),
-}
-LOSS_SYNONYMS = {
-    "positive": ("lost", "loss", "complete loss", "deficient"),
-    "negative": ("retained", "intact", "preserved", "expressed"),
-    "focal": ("partial loss", "mosaic", "mosaic loss", "partially lost"),
-}
-
-
-def _norm_result(text: str) -> str:
-    """Result words compare case- and spacing-insensitively; signs stay as they are."""
-    return re.sub(r"[\s_]+", " ", text.strip().lower())
-
-
-_LOOKUP = {_norm_result(w): s for s, words in SYNONYMS.items() for w in words}
-_LOSS_LOOKUP = {_norm_result(w): s for s, words in LOSS_SYNONYMS.items() for w in words}
-_SUFFIX = re.compile(r"^(?P<name>.+?)(?P<sign>\+\+\+|\+\+|\(\+\)|\(-\)|\+/-|\+|-|−|–|±)$")
-_PERCENT = re.compile(r"^(?P<value>\d+(?:\.\d+)?)\s*%$")
-_HSCORE = re.compile(r"^(?:h|hscore|h-score)\s*[=:]?\s*(?P<value>\d+(?:\.\d+)?)$", re.I)
-
-
-class IHCError(UsageError):
-    """Malformed IHC input; the message names the row or token and what is wrong."""
 
 
 @dataclass(frozen=True)
@@ -125,6 +41,8 @@ class MarkerResult:
     percent: float | None = None
     hscore: float | None = None
     where: str = ""
+    qualifiers: tuple[str, ...] = ()
+    """Extent, intensity and compartment words as written (recorded, not scored)."""
 
 
 @dataclass
@@ -134,6 +52,20 @@ class Panel:
     results: dict[str, MarkerResult] = field(default_factory=dict)
     unknown: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    noted: list[str] = field(default_factory=list)
+    """Markers read and recorded that the likelihood table does not hold (Ki-67...)."""
+    raw: str = ""
+
+    @property
+    def counts(self) -> tuple[int, int]:
+        """(markers used, markers given): given counts every marker read, noted, not
+        performed or unknown."""
+        used = len(self.performed)
+        return used, len(self.results) + len(self.noted) + len(self.unknown)
+
+    def usage(self) -> str:
+        used, given = self.counts
+        return f"{used} of {given} markers used"
 
     @property
     def performed(self) -> dict[str, MarkerResult]:
@@ -183,59 +115,13 @@ def _state_from_numbers(
     return None
 
 
-def interpret(
-    marker: str,
-    value: str,
-    kb: KnowledgeBase,
-    where: str,
-    percent: str = "",
-    hscore: str = "",
-) -> MarkerResult:
-    """Normalise one result (raises ``IHCError`` with ``where`` for a malformed value)."""
-    raw = (value or "").strip()
-    loss = kb.markers[marker].loss_marker
-
-    def number(text: str, name: str, hi: float) -> float | None:
-        text = (text or "").strip().rstrip("%")
-        if not text:
-            return None
-        try:
-            v = float(text)
-        except ValueError:
-            raise IHCError(f"{where}: {name} {text!r} for {marker} is not a number") from None
-        if not 0 <= v <= hi:
-            raise IHCError(f"{where}: {name} {v:g} for {marker} is outside 0-{hi:g}")
-        return v
-
-    pct = number(percent, "percent", 100)
-    hs = number(hscore, "H-score", 300)
-    state = None
-    key = _norm_result(raw)
-    if loss and key in _LOSS_LOOKUP:
-        state = _LOSS_LOOKUP[key]
-    elif key in _LOOKUP:
-        state = _LOOKUP[key]
-        if loss and state in ("positive", "negative"):  # stain language: negative stain = lost
-            state = "negative" if state == "positive" else "positive"
-    elif (m := _PERCENT.match(raw)) or re.fullmatch(r"\d+(\.\d+)?", raw):
-        pct = number(m.group("value") if m else raw, "percent", 100)
-    elif m := _HSCORE.match(raw):
-        hs = number(m.group("value"), "H-score", 300)
-    else:
-        choices = "lost/retained" if loss else "positive/negative/focal/equivocal/not_performed"
-        raise IHCError(
-            f"{where}: result {raw!r} for {marker} is not one of {choices} or a percentage"
-        )
-    if state is None or (state == "not_performed" and (pct is not None or hs is not None)):
-        state = _state_from_numbers(pct, hs, kb) or "not_performed"
-    if loss and state in ("positive", "negative") and pct is not None and not raw:
-        state = "positive" if pct < kb.scoring.focal_percent else "negative"  # % of cells retaining
-    return MarkerResult(marker, state, raw, pct, hs, where)
-
-
 def _resolve(name: str, kb: KnowledgeBase, panel: Panel, where: str) -> str | None:
     key = kb.resolve_marker(name)
     if key is None:
+        noted = kb.resolve_noted(name)
+        if noted is not None:
+            panel.noted.append(f"{noted} ({where}): {kb.noted[noted]}")
+            return None
         panel.unknown.append(name)
         panel.warnings.append(
             f"{where}: unknown marker {name!r} ignored "
@@ -245,121 +131,169 @@ def _resolve(name: str, kb: KnowledgeBase, panel: Panel, where: str) -> str | No
 
 
 def parse_panel(text: str, kb: KnowledgeBase | None = None) -> Panel:
-    """Parse a compact panel: ``"desmin+ h-caldesmon+ SMA- EMA- STAT6 focal, PR 30%"``."""
+    """Parse a panel as reports write it (see ``pipeline.ihc.report``): ``"desmin+
+    h-caldesmon+ SMA- STAT6 focal"``, ``"Desmin: positive (diffuse); SMA (-); PR 80%"``,
+    ``"positive for desmin and h-caldesmon, negative for EMA"``."""
     kb = kb or load_knowledge()
-    panel = Panel()
-    for item in re.split(r"[,;\n]+", text):
-        pending: list[str] = []
-        for token in item.split():
-            if _is_result(token):
-                if not pending:
-                    raise IHCError(f"panel: result {token!r} has no marker before it")
-                _emit(" ".join(pending), token, kb, panel)
-                pending = []
-            elif (m := _SUFFIX.match(token)) and m.group("name") and not _is_result(token):
-                name = " ".join([*pending, m.group("name")])
-                _emit(name, m.group("sign"), kb, panel)
-                pending = []
-            else:
-                pending.append(token)
-        if pending:
-            name = " ".join(pending)
+    panel = Panel(raw=text)
+    state = _State()
+    for fragment in split_fragments(text):
+        _read_fragment(fragment, kb, panel, state)
+    waiting = state.waiting
+    for kind, key, where in waiting:
+        if kind == "kb":
             raise IHCError(
-                f"panel: no result for {name!r}; write e.g. '{name}+', '{name}-' or '{name} focal'"
+                f"{where}: no result for {kb.markers[key].display!r}; write e.g. "
+                f"'{kb.markers[key].display}+' or '{kb.markers[key].display} negative'"
             )
     return panel
 
 
-def _is_result(token: str) -> bool:
-    key = _norm_result(token)
-    return (
-        key in _LOOKUP
-        or key in _LOSS_LOOKUP
-        or bool(_PERCENT.match(token))
-        or bool(_HSCORE.match(token))
-    ) and key != ""
+def _match(toks: list[str], i: int, kb: KnowledgeBase) -> tuple[str, str, int] | None:
+    """The longest marker name starting at token ``i``: (kb | noted, key, tokens used)."""
+    if is_result_word(toks[i], loss=True) or not re.sub(r"\W", "", toks[i]):
+        return None  # a marker name never starts with a sign or a result word
+    for n in range(min(6, len(toks) - i), 0, -1):
+        name = " ".join(toks[i : i + n]).rstrip(":")
+        if any(is_result_word(t, loss=True) for t in toks[i + 1 : i + n]):
+            continue  # "SMA -", "H3K27me3 loss": the later words are the result
+        if (key := kb.resolve_marker(name)) is not None:
+            return "kb", key, n
+        if (noted := kb.resolve_noted(name)) is not None:
+            return "noted", noted, n
+    return None
 
 
-def _emit(name: str, value: str, kb: KnowledgeBase, panel: Panel) -> None:
-    where = f"panel '{name} {value}'"
-    key = _resolve(name, kb, panel, where)
-    if key is not None:
-        panel.add(interpret(key, value, kb, where))
+@dataclass
+class _State:
+    """What one fragment leaves to the next."""
+
+    carry: Reading | None = None
+    """"positive for A, B and C": one result for several markers."""
+    waiting: list = field(default_factory=list)
+    """Markers whose result comes later ("desmin and SMA positive")."""
+    last: tuple | None = None
+    """(key, words, fragment) of the last marker read, for a continuation."""
 
 
-def read_ihc_csv(path: str | Path, kb: KnowledgeBase | None = None) -> dict[str, Panel]:
-    """Panels per slide from a long (slide_id, marker, result[, percent, intensity, clone,
-    hscore]) or wide (slide_id + one column per marker) CSV. All errors are raised together."""
-    kb = kb or load_knowledge()
-    path = Path(path)
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as fh:
-            reader = csv.DictReader(fh)
-            columns = [c.strip() for c in reader.fieldnames or []]
-            raw = list(reader)
-    except (OSError, UnicodeDecodeError, csv.Error) as err:
-        raise IHCError(f"{path}: cannot read the IHC table ({err})") from None
-    extra = [i + 2 for i, r in enumerate(raw) if None in r]
-    if extra:
-        lines = ", ".join(map(str, extra[:10]))
-        raise IHCError(
-            f"{path}: line(s) {lines} have more cells than the header ({len(columns)}); "
-            "quote values that contain commas"
-        )
-    rows = [{(k or "").strip(): (v or "").strip() for k, v in r.items()} for r in raw]
-    if "slide_id" not in columns:
-        raise IHCError(f"{path}: needs a slide_id column; found {', '.join(columns) or 'none'}")
-    panels: dict[str, Panel] = {}
-    errors: list[str] = []
-    long_form = "marker" in columns
-    if long_form and not {"result", "percent", "hscore"} & set(columns):
-        raise IHCError(
-            f"{path}: a long-form IHC table (it has a marker column) needs a result column "
-            "(or percent / hscore); found " + ", ".join(columns)
-        )
-
-    def add(slide_id: str, marker_name: str, value: str, where: str, **numbers: str) -> None:
-        panel = panels.setdefault(slide_id, Panel())
-        key = _resolve(marker_name, kb, panel, where)
-        if key is None:
-            return
-        try:
-            panel.add(interpret(key, value, kb, where, **numbers))
-        except IHCError as err:
-            errors.append(str(err))
-
-    for line, row in enumerate(rows, start=2):
-        slide_id = row.get("slide_id", "")
-        where = f"{path.name} line {line}"
-        if not slide_id:
-            errors.append(f"{where}: empty slide_id")
+def _read_fragment(fragment: str, kb: KnowledgeBase, panel: Panel, state: _State) -> None:
+    carry, waiting = state.carry, state.waiting
+    toks = tokens(fragment)
+    items: list[list] = []  # [kind, key, words]
+    lead: list[str] = []
+    i = 0
+    while i < len(toks):
+        found = _match(toks, i, kb)
+        if found is not None and not (items and is_result_word(toks[i]) and found[2] == 1):
+            items.append([found[0], found[1], []])
+            i += found[2]
             continue
-        if long_form:
-            if not row.get("marker"):
-                errors.append(f"{where}: empty marker")
-                continue
-            add(
-                slide_id,
-                row["marker"],
-                row.get("result", ""),
-                where,
-                percent=row.get("percent", ""),
-                hscore=row.get("hscore", ""),
-            )
+        word = toks[i]
+        if items and _starts_unknown(word, items[-1][2]):  # "desmin+ FOO7 positive"
+            items.append(["unknown", word, []])
         else:
-            for column in columns:
-                if column != "slide_id" and row.get(column, "") != "":
-                    add(slide_id, column, row[column], f"{where} column {column!r}")
-    if errors:
-        listing = "\n".join(f"  - {e}" for e in errors)
-        raise IHCError(f"{path}: {len(errors)} problem(s) in the IHC table:\n{listing}")
-    return panels
+            (items[-1][2] if items else lead).append(word)
+        i += 1
+    where = f"panel fragment {fragment!r}"
+    lead_words = [w for w in lead if w.lower().strip(":") not in STOP_WORDS]
+    if lead and lead[-1].lower() == "for":  # "positive for ..."
+        state.carry = carry = read_result(lead[:-1], False, where)
+    elif lead_words and not items and lead_words[0].lower() == "clone":
+        return  # "desmin (+), clone D33": the antibody clone, recorded with the fragment
+    elif lead_words and not items and waiting and all(is_result_word(w) for w in lead_words):
+        reading = read_result(lead_words, False, where)  # "CD31 membranous staining, diffuse"
+        for w_kind, w_key, _ in waiting:
+            _add(w_kind, w_key, reading, fragment, kb, panel)
+        waiting.clear()
+        return
+    elif lead_words and not items and state.last and all(is_result_word(w) for w in lead_words):
+        key, words, first = state.last  # "EMA negative, focally positive": one result
+        panel.results.pop(key, None)
+        joined = f"panel fragment {first + ', ' + fragment!r}"
+        reading = read_result([*words, *lead_words], kb.markers[key].loss_marker, joined)
+        _add("kb", key, reading, f"{first}, {fragment}", kb, panel)
+        return
+    elif lead_words and items and all(is_result_word(w) for w in lead_words):
+        raise IHCError(f"{where}: result {' '.join(lead_words)!r} has no marker before it")
+    elif lead_words and not items:
+        panel.unknown.append(fragment)
+        panel.warnings.append(f"{where}: could not read it (no known marker); it was not used")
+        return
+    for kind, key, words in items:
+        if kind == "unknown":
+            text = " ".join([key, *words])
+            panel.unknown.append(text)
+            panel.warnings.append(
+                f"{where}: unknown marker in {text!r} ignored (not in {kb.path.name}; "
+                "add it or an alias there)"
+            )
+            continue
+        if not [w for w in words if w.lower().strip(":") not in STOP_WORDS]:
+            if carry is not None:
+                _add(kind, key, carry, fragment, kb, panel)
+            else:
+                waiting.append((kind, key, where))
+            continue
+        said = " ".join(words).lower()
+        if not any(is_result_word(w, loss=True) for w in words) and not re.search(
+            r"\d\s*%|h-?score|allred|\bh\s*[:=]", said
+        ):
+            waiting.append((kind, key, where))  # "CD31 membranous staining, diffuse"
+            continue
+        try:
+            reading = read_result(words, kind == "kb" and kb.markers[key].loss_marker, where)
+        except IHCError:
+            if kind == "noted":
+                panel.noted.append(f"{key} ({where}): result not read")
+                continue
+            raise
+        for w_kind, w_key, _ in waiting:  # "desmin and SMA positive"
+            _add(w_kind, w_key, reading, fragment, kb, panel)
+        waiting.clear()
+        _add(kind, key, reading, fragment, kb, panel)
+        state.carry = carry = None
+        state.last = (key, words, fragment) if kind == "kb" else None
 
 
-def panel_from_pairs(pairs: Iterable[tuple[str, str]], kb: KnowledgeBase | None = None) -> Panel:
-    """A panel from (marker name, result) pairs, as a notebook might hold them."""
-    kb = kb or load_knowledge()
-    panel = Panel()
-    for name, value in pairs:
-        _emit(name, value, kb, panel)
-    return panel
+def _starts_unknown(word: str, previous: list[str]) -> bool:
+    """A word after a complete result that is no result, qualifier or filler word: the
+    name of a marker the knowledge base does not know."""
+    if not any(is_result_word(w, loss=True) for w in previous) or word.startswith("("):
+        return False
+    if previous[-1].lower() == "clone" or (
+        re.search(r"\d", word) and not re.search(r"[a-z]", word.lower())
+    ):
+        return False  # a clone name, or a number that belongs to the result
+    t = word.lower().strip(":,.")
+    return not (is_result_word(word, loss=True) or t in STOP_WORDS or t in QUALIFIERS)
+
+
+def _add(kind: str, key: str, reading: Reading, fragment: str, kb, panel: Panel) -> None:
+    where = f"panel fragment {fragment!r}"
+    if kind == "noted":
+        panel.noted.append(f"{key} {reading.state or 'read'} ({where}): {kb.noted[key]}")
+        return
+    panel.add(from_reading(key, reading, kb, where, fragment))
+
+
+def from_reading(key: str, reading: Reading, kb, where: str, raw: str) -> MarkerResult:
+    """A marker's result from what its words say (numbers decide when given)."""
+    loss = kb.markers[key].loss_marker
+    state = reading.state
+    numeric = _state_from_numbers(reading.percent, reading.hscore, kb)
+    if reading.allred is not None:
+        numeric = (
+            "negative" if reading.allred <= 2 else "focal" if reading.allred <= 4 else "positive"
+        )
+    if numeric is not None and not reading.loss_words:
+        if state == "negative" and numeric != "negative":
+            raise IHCError(f"{where}: 'negative' with {raw!r} numbers that say {numeric}")
+        if state in ("", "positive", "focal"):
+            state = numeric
+    if loss and not reading.loss_words and state in ("positive", "negative"):
+        state = "negative" if state == "positive" else "positive"  # stain present = retained
+    if loss and reading.percent is not None and not reading.loss_words and not reading.state:
+        state = "positive" if reading.percent < kb.scoring.focal_percent else "negative"
+    return MarkerResult(
+        key, state, raw, reading.percent, reading.hscore, where, tuple(reading.qualifiers)
+    )

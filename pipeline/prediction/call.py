@@ -237,7 +237,8 @@ def ihc_summary(
     """``fascicle ihc``: the call and differential of a ``panel`` (text), or of ``slide``'s rows
     in the IHC CSV ``ihc``, with image probabilities if given; JSON-ready."""
     from pipeline.ihc.knowledge import load_knowledge
-    from pipeline.ihc.panel import parse_panel, read_ihc_csv
+    from pipeline.ihc.panel import parse_panel
+    from pipeline.ihc.tables import read_ihc_csv
 
     kb = load_knowledge(knowledge)
     config = CallConfig.load(calls)

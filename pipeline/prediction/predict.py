@@ -143,6 +143,9 @@ def predict_slide(
             ihc_text,
             list(panel.warnings) if panel else [],
             list(panel.unknown) if panel else [],
+            panel.raw if panel else "",
+            list(panel.noted) if panel else [],
+            panel.usage() if panel else "",
         ),
         qc=QCDoc(
             mpp=float(attrs["slide_mpp"]),
@@ -230,7 +233,7 @@ def predict_slides(
     """Predict every entry into ``out``; returns the summary rows (errors included).
 
     ``summary.csv`` and ``report.html`` cover every result under ``out`` (all shards)."""
-    from pipeline.ihc.panel import read_ihc_csv
+    from pipeline.ihc.tables import read_ihc_csv
     from pipeline.prediction.report import write_report, write_summary_csv
 
     out = Path(out)

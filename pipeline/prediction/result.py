@@ -45,8 +45,13 @@ class ImageDoc:
 @dataclass
 class IHCDoc:
     panel: str
+    """The panel as used (normalised markers and results)."""
     warnings: list[str] = field(default_factory=list)
     unknown_markers: list[str] = field(default_factory=list)
+    raw: str = ""
+    """The text as given (a panel string, or the CSV rows)."""
+    noted_markers: list[str] = field(default_factory=list)
+    markers_used: str = ""
 
 
 @dataclass

@@ -1,0 +1,353 @@
+"""Reading IHC results as pathology reports write them.
+
+A panel is split into fragments at ``;``, ``,``, ``|``, newlines, sentence ends and the word
+``and`` (never inside parentheses, nor in ``AE1/AE3``). In each fragment the longest marker
+name or alias at a word boundary starts a result, which runs to the next marker name:
+``Desmin: positive (diffuse)``, ``SMA (-)``, ``SMA focal weak``, ``strongly positive``,
+``PR (80%)``, ``PR H-score 200``, ``ER Allred 7/8``, ``Ki-67 20-30%``, ``H3K27me3 partial
+loss``, ``STAT6 - nuclear +`` (a dash before a result is punctuation, never a sign). Clone
+names and other parentheticals without a result are skipped. ``not done`` / ``pending`` are
+recorded, not used. A marker whose result cannot be read, or reads both ways (``negative,
+focally positive``), is an error naming the fragment; markers the knowledge base only notes
+(Ki-67, CD99...) are recorded and counted as given but not used.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from pipeline.core.errors import UsageError
+
+STOP_WORDS = frozenset(
+    [
+        "is",
+        "are",
+        "was",
+        "were",
+        "be",
+        "shows",
+        "show",
+        "showing",
+        "showed",
+        "with",
+        "the",
+        "of",
+        "in",
+        "tumour",
+        "tumor",
+        "tumoral",
+        "cells",
+        "cell",
+        "neoplastic",
+        "lesional",
+        "staining",
+        "stain",
+        "stains",
+        "immunoreactivity",
+        "immunostain",
+        "immunohistochemistry",
+        "ihc",
+        "for",
+        "on",
+        "by",
+        "in:",
+        "also",
+        "both",
+        "all",
+    ]
+)
+POSITIVE = frozenset(
+    [
+        "yes",
+        "p",
+        "positive",
+        "positivity",
+        "pos",
+        "pos.",
+        "+",
+        "++",
+        "+++",
+        "(++)",
+        "(+++)",
+        "1+",
+        "2+",
+        "3+",
+        "reactive",
+        "expressed",
+        "present",
+        "diffuse",
+        "diffusely",
+        "strong",
+        "strongly",
+        "moderate",
+        "moderately",
+        "extensive",
+        "extensively",
+        "immunoreactive",
+        "immunopositive",
+    ]
+)
+NEGATIVE = frozenset(
+    [
+        "no",
+        "n",
+        "0",
+        "negative",
+        "negativity",
+        "neg",
+        "neg.",
+        "-",
+        "(-)",
+        "−",
+        "–",
+        "absent",
+        "nonreactive",
+        "non-reactive",
+        "unreactive",
+        "immunonegative",
+        "nil",
+    ]
+)
+FOCAL = frozenset(
+    [
+        "f",
+        "(+)",  # the German-style "(+)": weakly / focally positive
+        "focal",
+        "focally",
+        "patchy",
+        "scattered",
+        "partial",
+        "partially",
+        "rare",
+        "occasional",
+        "weak",
+        "weakly",
+        "heterogeneous",
+        "heterogeneously",
+        "multifocal",
+        "(+/-)",
+        "isolated",
+        "few",
+    ]
+)
+EQUIVOCAL = frozenset(
+    [
+        "equivocal",
+        "indeterminate",
+        "?",
+        "±",
+        "+/-",
+        "inconclusive",
+        "unclear",
+        "non-diagnostic",
+        "nondiagnostic",
+        "questionable",
+    ]
+)
+COMPARTMENTS = frozenset(
+    [
+        "nuclear",
+        "membranous",
+        "membrane",
+        "cytoplasmic",
+        "dot-like",
+        "paranuclear",
+        "perinuclear",
+        "granular",
+        "cytoplasm",
+        "nucleus",
+        "nuclei",
+        "membranes",
+    ]
+)
+QUALIFIERS = COMPARTMENTS | {
+    *("only", "cells", "areas", "tumour", "tumor", "in", "of", "%", "clone", "intensity"),
+    *("done", "performed", "available", "follow", "evaluable", "expression", "pattern"),
+}
+NOT_PERFORMED = (
+    "not done",
+    "not performed",
+    "not available",
+    "to follow",
+    "pending",
+    "n/a",
+    "na",
+    "nd",
+    "np",
+    "not_performed",
+    "not evaluable",
+    "failed",
+)
+NEGATIVE_PHRASES = ("not expressed", "no staining", "no expression", "not detected", "not seen")
+LOSS = {
+    "positive": ("complete loss", "loss", "lost", "deficient", "absent", "completely lost"),
+    "negative": ("retained", "intact", "preserved", "expressed", "retention"),
+    "focal": (
+        "partial loss",
+        "mosaic",
+        "mosaic loss",
+        "partially lost",
+        "reduced",
+        "subclonal loss",
+    ),
+}
+_SIGN = r"\+\+\+|\+\+|\+/-|\+|-|−|–|±"
+_SPLIT_SIGN = re.compile(rf"(?<=[A-Za-z0-9\)])({_SIGN})(?=$|[\s,;.)])")
+_PAREN_SIGN = re.compile(r"(?<=\w)\((?=[+\-−–±])")
+_PERCENT = re.compile(r"^[<>≥≤~]?(\d+(?:\.\d+)?)(?:\s*-\s*(\d+(?:\.\d+)?))?%$")
+_NUMBER = re.compile(r"^\d+(?:\.\d+)?$")
+
+
+class IHCError(UsageError):
+    """Malformed IHC input; the message names the row, token or fragment and what is wrong."""
+
+
+@dataclass
+class Reading:
+    """What one result phrase says."""
+
+    state: str
+    """positive, negative, focal, equivocal or not_performed (stain language; a loss
+    marker's reading is turned round by the caller)."""
+    percent: float | None = None
+    hscore: float | None = None
+    allred: float | None = None
+    qualifiers: list[str] = field(default_factory=list)
+    loss_words: bool = False
+    """The phrase spoke of loss / retention (already in the loss marker's terms)."""
+
+
+def split_fragments(text: str) -> list[str]:
+    """Fragments at separators outside parentheses."""
+    text = _PAREN_SIGN.sub(" (", _SPLIT_SIGN.sub(r" \1", text))
+    out, depth, start = [], 0, 0
+    for i, ch in enumerate(text):
+        depth += ch == "("
+        depth -= ch == ")" and depth > 0
+        cut = depth == 0 and (
+            ch in ";,|\n" or (ch == "." and (i + 1 == len(text) or text[i + 1] == " "))
+        )
+        if cut:
+            out.append(text[start:i])
+            start = i + 1
+    out.append(text[start:])
+    pieces = []
+    for part in out:
+        pieces += re.split(r"\s+and\s+", part.strip(), flags=re.I)
+    return [p.strip() for p in pieces if p.strip()]
+
+
+def tokens(fragment: str) -> list[str]:
+    """Words of a fragment; parentheses stay attached to what they enclose."""
+    return re.findall(r"\([^()]*\)|[^\s()]+", fragment)
+
+
+def _clean(token: str) -> str:
+    return token.lower().strip().rstrip(":").strip()
+
+
+def is_result_word(token: str, loss: bool = False) -> bool:
+    """True for a word or sign that says a result (with ``loss``: loss words too)."""
+    t = _clean(token)
+    if loss and any(t in words.split() for words_ in LOSS.values() for words in words_):
+        return True
+    return (
+        t in POSITIVE
+        or t in NEGATIVE
+        or t in FOCAL
+        or t in EQUIVOCAL
+        or t in NOT_PERFORMED
+        or bool(_PERCENT.match(t.strip("()")))
+        or t in ("not", "no", "h-score", "hscore", "allred")
+    )
+
+
+def read_result(words: list[str], loss_marker: bool, where: str) -> Reading:
+    """The result a marker's words say; ``IHCError`` when they say nothing, or both."""
+    phrase = " ".join(_clean(w) for w in words)
+    phrase = re.sub(r"\s+", " ", phrase).strip(" :")
+    if re.fullmatch(r"[-–−]\s+.+", phrase):  # "STAT6 - nuclear +": the dash is punctuation
+        phrase = phrase[1:].strip()
+    for np_phrase in NOT_PERFORMED:
+        if phrase == np_phrase or phrase.startswith(np_phrase + " "):
+            return Reading("not_performed", qualifiers=[phrase])
+    reading = Reading("")
+    found: set[str] = set()
+    rest = phrase
+    if loss_marker:
+        for state in ("focal", "positive", "negative"):  # "partial loss" before "loss"
+            for words_ in sorted(LOSS[state], key=len, reverse=True):
+                if re.search(rf"\b{re.escape(words_)}\b", rest):
+                    found.add(state)
+                    reading.loss_words = True
+                    rest = re.sub(rf"\b{re.escape(words_)}\b", " ", rest)
+    for neg in NEGATIVE_PHRASES:
+        if neg in rest:
+            found.add("negative")
+            rest = rest.replace(neg, " ")
+    rest = _numbers(rest, reading, where)
+    unread = []
+    for raw in rest.split():
+        t = raw.strip("()").strip(",.") if raw not in ("(+)", "(-)", "(+/-)") else raw
+        if not t:
+            continue
+        if t in POSITIVE or raw in POSITIVE:
+            found.add("positive")
+            reading.qualifiers += [t] if t.isalpha() and t not in ("positive", "pos") else []
+        elif t in NEGATIVE or raw in NEGATIVE:
+            found.add("negative")
+        elif t in FOCAL or raw in FOCAL:
+            found.add("focal")
+            reading.qualifiers.append(t)
+        elif t in EQUIVOCAL or raw in EQUIVOCAL:
+            found.add("equivocal")
+        elif t in COMPARTMENTS:
+            reading.qualifiers.append(t)
+        elif t not in STOP_WORDS:
+            unread.append(raw)
+    numbers = (
+        reading.percent is not None or reading.hscore is not None or reading.allred is not None
+    )
+    if "negative" in found and found & {"positive", "focal"}:
+        raise IHCError(f"{where}: reads both ways ({' '.join(words)!r}); write one result")
+    if not found and not numbers:
+        detail = f" (could not read: {' '.join(unread)})" if unread else ""
+        raise IHCError(f"{where}: no result{detail}")
+    if "equivocal" in found:
+        reading.state = "equivocal"
+    elif "focal" in found:
+        reading.state = "focal"
+    elif "positive" in found:
+        reading.state = "positive"
+    elif "negative" in found:
+        reading.state = "negative"
+    if unread:
+        reading.qualifiers.append("unread: " + " ".join(unread))
+    return reading
+
+
+def _numbers(rest: str, reading: Reading, where: str) -> str:
+    """Take percentages, H-scores and Allred scores out of ``rest`` into ``reading``."""
+
+    def number(text: str, hi: float, name: str) -> float:
+        value = float(text)
+        if not 0 <= value <= hi:
+            raise IHCError(f"{where}: {name} {value:g} is outside 0-{hi:g}")
+        return value
+
+    m = re.search(r"\b(?:h-?\s?score\s*[:=]?|h\s*[:=])\s*(\d+(?:\.\d+)?)", rest)
+    if m:
+        reading.hscore = number(m.group(1), 300, "H-score")
+        rest = rest[: m.start()] + " " + rest[m.end() :]
+    m = re.search(r"\ballred(?: score)?\s*[:=]?\s*(\d)(?:\s*/\s*8)?", rest)
+    if m:
+        reading.allred = number(m.group(1), 8, "Allred score")
+        rest = rest[: m.start()] + " " + rest[m.end() :]
+    m = re.search(r"[<>≥≤~]?\(?(\d+(?:\.\d+)?)(?:\s*-\s*(\d+(?:\.\d+)?))?\s*%\)?", rest)
+    if m:
+        low = number(m.group(1), 100, "percentage")
+        high = number(m.group(2), 100, "percentage") if m.group(2) else low
+        reading.percent = (low + high) / 2
+        rest = rest[: m.start()] + " " + rest[m.end() :]
+    return rest
