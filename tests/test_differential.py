@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 
 from pipeline.cli import main
-from pipeline.ihc.differential import fuse, ihc_terms, next_stains
+from pipeline.ihc.differential import fuse, next_stains
 from pipeline.ihc.knowledge import Prior, load_knowledge
+from pipeline.ihc.likelihood import group_leads, marker_terms, panel_loglik
 from pipeline.ihc.panel import MarkerResult, Panel, parse_panel
 from pipeline.prediction.call import CallConfig, decide
 
@@ -69,18 +70,22 @@ def test_marker_order_does_not_matter():
         np.testing.assert_allclose(fuse(parse_panel(" ".join(order)), HALF).posterior, reference)
 
 
-def test_correlated_group_tempering_reduces_double_counting():
+def test_correlated_stains_count_once_with_fixed_weights():
     kb = load_knowledge()
     panel = parse_panel("desmin+ h-caldesmon+ calponin+ SMA+")
-    naive = sum(ll for _, _, ll in [(r, 1.0, ll) for r, _, ll in ihc_terms(kb, panel)])
-    tempered = sum(w * ll for _, w, ll in ihc_terms(kb, panel))
+    terms = marker_terms(kb, panel.performed.values())
+    naive = sum(ll for _, _, ll in terms)
+    tempered = panel_loglik(kb, panel.performed.values())
     i, j = kb.entities.index("leiomyosarcoma"), kb.entities.index("meningioma_g3_anaplastic")
-    naive_llr, tempered_llr = naive[i] - naive[j], tempered[i] - tempered[j]
-    assert 0 < tempered_llr < naive_llr
-    weights = sorted(w for _, w, _ in ihc_terms(kb, panel))
-    assert weights == [0.5, 0.5, 0.5, 1.0]
-    # markers of different groups are not discounted
-    assert all(w == 1.0 for _, w, _ in ihc_terms(kb, parse_panel("desmin+ EMA- S100- CD31-")))
+    assert 0 < tempered[i] - tempered[j] < naive[i] - naive[j]
+    assert sorted(w for _, w, _ in terms) == [0.5, 0.5, 0.5, 1.0]
+    alone = marker_terms(kb, parse_panel("h-caldesmon+").performed.values())
+    assert alone[0][1] == {r.marker: w for r, w, _ in terms}["h_caldesmon"]  # fixed weights
+    leads = set(group_leads(kb).values())
+    other = marker_terms(kb, parse_panel("desmin+ EMA- S100- CD31- STAT6+").performed.values())
+    assert all(
+        (w == 1.0) == (r.marker in leads or kb.group_of(r.marker) is None) for r, w, _ in other
+    )
 
 
 def test_focal_is_a_softened_positive_and_equivocal_is_uninformative():

@@ -6,10 +6,10 @@ posterior(entity) ∝ prior(entity) × image likelihood × IHC likelihood, where
   model: q(c) / β(c) over the model's classes, the user's prior over classes, entities the
   model cannot see "unknown" rather than zero). Image probabilities are floored (default
   0.05) in the fusion because no model is ever certain;
-* the IHC likelihood multiplies P(result | entity) over markers, with probabilities clipped
-  to [0.01, 0.99]; focal results are a softened positive; within a correlated lineage group
-  the most decisive observed marker counts fully and each further one with weight
-  (1 − redundancy), so concordant stains of one programme are not double counted.
+* the IHC likelihood (``pipeline.ihc.likelihood``) multiplies P(result | entity) over markers
+  (clipped to [0.01, 0.99]; focal is a softened positive), each correlated group's fixed
+  lead marker fully and its other markers with a fixed weight, so concordant stains of one
+  programme are not double counted and adding a stain never demotes another.
 
 Each marker's contribution for a top entity is its weighted log-likelihood ratio against the
 posterior-weighted alternatives; the next stains are the markers not yet performed with the
@@ -24,53 +24,11 @@ import numpy as np
 
 from pipeline.ihc.image import ImageEvidence, entity_prior_and_likelihood
 from pipeline.ihc.knowledge import KnowledgeBase, load_knowledge
+from pipeline.ihc.likelihood import marker_terms, panel_loglik
 from pipeline.ihc.panel import MarkerResult, Panel
 
 DECISIVE_LLR = float(np.log(10))
 """A marker whose weighted likelihood ratio exceeds 10 (either way) is called decisive."""
-
-
-def marker_loglik(kb: KnowledgeBase, result: MarkerResult) -> np.ndarray | None:
-    """log P(result | entity) for every entity, or None if the result carries no evidence."""
-    p = kb.clipped()[:, kb.marker_index(result.marker)]
-    state = result.state
-    if state == "equivocal":
-        if kb.scoring.equivocal != "focal":
-            return None
-        state = "focal"
-    if state == "positive":
-        return np.log(p)
-    if state == "negative":
-        return np.log1p(-p)
-    if state == "focal":
-        w = kb.scoring.focal_weight
-        return np.log(w * p + (1 - w) * (1 - p))
-    return None
-
-
-def ihc_terms(kb: KnowledgeBase, panel: Panel) -> list[tuple[MarkerResult, float, np.ndarray]]:
-    """(result, weight, log-likelihood per entity) for each informative result.
-
-    Weights: 1, except markers after the most decisive one of their correlated group.
-    Ordering within a group is by decisiveness, then name, so input order never matters.
-    """
-    terms = []
-    for result in sorted(panel.performed.values(), key=lambda r: r.marker):
-        ll = marker_loglik(kb, result)
-        if ll is not None:
-            terms.append((result, ll))
-    by_group: dict[str | None, list[tuple[MarkerResult, np.ndarray]]] = {}
-    for result, ll in terms:
-        by_group.setdefault(kb.group_of(result.marker), []).append((result, ll))
-    out = []
-    for group, members in by_group.items():
-        if group is None:
-            out += [(r, 1.0, ll) for r, ll in members]
-            continue
-        members.sort(key=lambda t: (-float(np.ptp(t[1])), t[0].marker))
-        discount = 1 - kb.redundancy[group]
-        out += [(r, 1.0 if i == 0 else discount, ll) for i, (r, ll) in enumerate(members)]
-    return sorted(out, key=lambda t: t[0].marker)
 
 
 @dataclass
@@ -194,10 +152,9 @@ def fuse(
         pri, img = kb.prior(prior), np.ones(len(kb.entities))
     else:
         pri, img = entity_prior_and_likelihood(kb, image, prior, image_floor)
-    terms = ihc_terms(kb, panel)
-    ll = np.zeros(len(kb.entities))
-    for _, weight, term in terms:
-        ll += weight * term
+    results = list(panel.performed.values())
+    terms = marker_terms(kb, results)
+    ll = panel_loglik(kb, results)
     with np.errstate(divide="ignore"):  # a zero prior rules an entity out
         log_post = np.log(pri) + np.log(img) + ll
     post = np.exp(log_post - log_post.max())
