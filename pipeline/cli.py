@@ -76,6 +76,11 @@ def _run_ihc(args: argparse.Namespace) -> int:
     from pipeline.ihc.differential import format_summary
     from pipeline.prediction.call import ihc_summary, parse_image_probs
 
+    if args.explain:
+        from pipeline.ihc.knowledge import explain, load_knowledge
+
+        print(explain(load_knowledge(args.knowledge), args.explain))
+        return EXIT_OK
     args.image_probs = parse_image_probs(args.image_probs) if args.image_probs else None
     summary = ihc_summary(**_fields(args, ihc_summary))
     print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
@@ -188,6 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--panel", help='e.g. "desmin+ h-caldesmon+ SMA- STAT6 focal"')
     source.add_argument("--ihc", type=Path, help="IHC CSV (long or wide); with --slide")
+    source.add_argument("--explain", help="show a marker's or entity's numbers and sources")
     p.add_argument("--slide", help="slide_id whose panel to read from --ihc")
     p.add_argument("--image-probs", help="class=p,... e.g. leiomyosarcoma=0.5,meningioma=0.5")
     p.add_argument("--prior", help="named prior from the knowledge base (default: its default)")

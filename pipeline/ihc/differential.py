@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from pipeline.ihc.image import ImageEvidence, entity_prior_and_likelihood
-from pipeline.ihc.knowledge import KnowledgeBase, load_knowledge
+from pipeline.ihc.knowledge import KnowledgeBase, load_knowledge, source_kind
 from pipeline.ihc.likelihood import marker_terms, panel_loglik
 from pipeline.ihc.panel import MarkerResult, Panel
 
@@ -42,6 +42,13 @@ class Evidence:
     llr: float
     p_result: float
     """P(this result | the entity), clipped."""
+    source: str = ""
+    """Where P(+ | entity) for this marker comes from (knowledge base)."""
+
+    @property
+    def kind(self) -> str:
+        """DATA (published counts) or ESTIMATE (knowledge-based)."""
+        return source_kind(self.source)
 
     @property
     def direction(self) -> str:
@@ -123,9 +130,19 @@ class Differential:
                     weight=weight,
                     llr=weight * (float(ll[i]) - alt),
                     p_result=float(np.exp(ll[i])),
+                    source=self.kb.sources.get((entity, result.marker), ""),
                 )
             )
         return sorted(out, key=lambda ev: -abs(ev.llr))
+
+    def evidence_ranking(self, top: int = 5) -> list[tuple[str, float]]:
+        """Entities by the evidence alone (IHC and image likelihoods, no prior), normalised."""
+        with np.errstate(divide="ignore"):
+            log_lik = self.ihc_loglik + np.log(self.image_likelihood)
+        lik = np.exp(log_lik - log_lik.max())
+        lik = lik / lik.sum()
+        order = np.argsort(-lik, kind="stable")[:top]
+        return [(self.entities[i], float(lik[i])) for i in order]
 
     def in_scope(self, entity: str) -> bool:
         return self.class_of(entity) is not None
@@ -248,6 +265,10 @@ def summarise(
             e: [_evidence_row(ev) for ev in diff.evidence(e)] for e, _ in ranked[:evidence_for]
         },
         "next_stains": [_suggestion_row(s) for s in suggestions],
+        "likelihood_ranking": [
+            {"entity": e, "name": kb.entity_names[e], "share": round(v, 6)}
+            for e, v in diff.evidence_ranking(top)
+        ],
     }
     if call is not None:
         out["call"] = {
@@ -271,6 +292,8 @@ def _evidence_row(ev: Evidence) -> dict:
         "direction": ev.direction,
         "decisive": ev.decisive,
         "p_result_given_entity": round(ev.p_result, 3),
+        "kind": ev.kind,
+        "source": ev.source,
     }
 
 
@@ -318,8 +341,11 @@ def format_summary(summary: dict) -> str:
             weight = "" if ev["weight"] == 1 else f" [weight {ev['weight']:.2f}, correlated]"
             lines.append(
                 f"  {ev['direction']:>8} {ev['marker']:<14}{ev['result']:<10}"
-                f"{ev['log_lr']:+6.2f}{weight}{note}"
+                f"{ev['log_lr']:+6.2f}{weight}{note} [{ev['kind']}]"
             )
+    if summary.get("likelihood_ranking"):
+        ranked = ", ".join(f"{r['name']} {r['share']:.2f}" for r in summary["likelihood_ranking"])
+        lines.append(f"\nby the evidence alone (no prior): {ranked}")
     if summary["next_stains"]:
         lines.append("\nsuggested next stains (expected information gain):")
         for s in summary["next_stains"]:

@@ -40,6 +40,9 @@ class CallConfig:
     image_prob_floor: float = 0.05
     max_ood_fraction: float = 0.25
     """More tiles unlike the training data than this share: indeterminate."""
+    min_panel_fit: float = 0.01
+    """The leading entity must explain the panel better than this share of its own
+    simulated panels, else "no entity in the knowledge base explains this panel"."""
 
     @classmethod
     def load(cls, path: str | Path | None = None) -> CallConfig:
@@ -118,6 +121,7 @@ def decide(
     members = [i for i, e in enumerate(diff.entities) if (diff.class_of(e) or e) == label]
     entity = diff.entities[max(members, key=lambda i: diff.posterior[i])]
     reasons = [*_common_reasons(label, probability, config, n_tiles), *reasons]
+    reasons += _evidence_reasons(diff, entity, config, image_probs is not None)
     if image_probs is not None and ihc_only is not None and ihc_only.terms:
         bc = agreement(image_probs, ihc_only)
         if bc < config.min_agreement:
@@ -135,6 +139,35 @@ def decide(
         reasons=reasons,
         outside_scope=diff.class_of(entity) is None,
     )
+
+
+def _evidence_reasons(
+    diff: Differential, entity: str, config: CallConfig, has_image: bool
+) -> list[str]:
+    """No evidence, a panel nothing explains, or a leader the prior alone chose."""
+    from pipeline.ihc.fit import panel_fit
+
+    if not diff.terms and not has_image:
+        given = diff.panel.counts[1]
+        return [
+            f"no marker of the panel ({given} given) is in the knowledge base's likelihood "
+            "table: the differential is the prior alone"
+        ]
+    reasons = []
+    fit = panel_fit(diff, entity)
+    if fit < config.min_panel_fit:
+        reasons.append(
+            f"no entity in the knowledge base explains this panel (the leading entity, "
+            f"{diff.kb.entity_names[entity]}, fits it worse than {1 - fit:.1%} of its own "
+            "simulated panels)"
+        )
+    best = diff.evidence_ranking(top=1)[0][0]
+    if (diff.class_of(best) or best) != (diff.class_of(entity) or entity):
+        reasons.append(
+            f"prior-driven: the evidence favours {diff.kb.entity_names[best]}; the prior puts "
+            f"{diff.kb.entity_names[entity]} first"
+        )
+    return reasons
 
 
 def decide_image(
@@ -197,7 +230,7 @@ def make_call(
 
     Without a panel it is the calibrated image call under the user's class prior (default:
     neutral); with one, the fused differential over the knowledge base's entities."""
-    has_ihc = panel is not None and bool(panel.performed)
+    has_ihc = panel is not None and panel.counts[1] > 0
     posterior = image.posterior(image.class_prior(kb, prior)) if image is not None else None
     if not has_ihc:
         if posterior is None:

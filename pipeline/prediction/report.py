@@ -126,7 +126,11 @@ def _differential(r: SlideResult) -> list[str]:
     parts.append("</table>")
     for entity, items in d["evidence"].items():
         shown = [i for i in items if i["direction"] != "neutral"]
-        text = ", ".join(f"{i['marker']} {i['result']} ({i['log_lr']:+.2f})" for i in shown)
+        text = ", ".join(
+            f"{i['marker']} {i['result']} ({i['log_lr']:+.2f}, {i.get('kind', '?')}: "
+            f"{i.get('source', '')[:80]})"
+            for i in shown
+        )
         parts.append(f"<p>evidence for {e(entity)}: {e(text) or 'none'}</p>")
     if d["next_stains"]:
         stains = ", ".join(s["marker"] for s in d["next_stains"])
