@@ -214,10 +214,17 @@ def _read_fragment(fragment: str, kb: KnowledgeBase, panel: Panel, state: _State
         _add("kb", key, reading, f"{first}, {fragment}", kb, panel)
         return
     elif lead_words and items and all(is_result_word(w) for w in lead_words):
-        raise IHCError(f"{where}: result {' '.join(lead_words)!r} has no marker before it")
+        if any(not re.search(r"[a-z]", w.lower()) for w in lead_words):
+            raise IHCError(f"{where}: result {' '.join(lead_words)!r} has no marker before it")
+        items[0][2][:0] = lead_words  # "rare GFAP positive areas", "strong desmin staining"
     elif lead_words and not items:
         panel.unknown.append(fragment)
         panel.warnings.append(f"{where}: could not read it (no known marker); it was not used")
+        if waiting and any(is_result_word(w) for w in lead_words):  # "..., nestin positive"
+            reading = read_result(lead_words[1:] or lead_words, False, where)
+            for w_kind, w_key, _ in waiting:
+                _add(w_kind, w_key, reading, fragment, kb, panel)
+            waiting.clear()
         return
     for kind, key, words in items:
         if kind == "unknown":

@@ -111,6 +111,9 @@ NEGATIVE = frozenset(
 )
 FOCAL = frozenset(
     [
+        "reduced",
+        "decreased",
+        "diminished",
         "f",
         "(+)",  # the German-style "(+)": weakly / focally positive
         "focal",
