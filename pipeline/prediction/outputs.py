@@ -12,20 +12,22 @@ import json
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 from pipeline.core.atomic import atomic_path, write_text
 from pipeline.core.batch import csv_text
 
 OOD_COLOUR = (150, 150, 150)
-COLOURS = [
-    (214, 39, 40),
-    (31, 119, 180),
-    (44, 160, 44),
-    (148, 103, 189),
-    (255, 127, 14),
-    (140, 86, 75),
+COLOURS = [  # Okabe & Ito (2008): distinguishable with red-green colour blindness
+    (230, 159, 0),
+    (86, 180, 233),
+    (0, 158, 115),
+    (204, 121, 167),
+    (0, 114, 178),
+    (213, 94, 0),
+    (240, 228, 66),
 ]
+LEGEND_FONT_PX = 16
 
 
 def write_slide_outputs(
@@ -142,20 +144,23 @@ def heatmap(thumbnail, coords, size, probs, classes, attention, ood=None) -> Ima
         x0, y0 = x / ds, y / ds
         draw.rectangle([x0, y0, x0 + size / ds - 1, y0 + size / ds - 1], fill=(*colour, alpha))
     image = Image.alpha_composite(base, overlay).convert("RGB")
-    legend_h = 24 if ood is None or not ood.any() else 38
-    canvas = Image.new("RGB", (max(image.width, 360), image.height + legend_h), (255, 255, 255))
+    font = ImageFont.load_default(size=LEGEND_FONT_PX)
+    line = LEGEND_FONT_PX + 8
+    rows = len(classes) + (ood is not None and bool(ood.any())) if attention is None else 1
+    canvas = Image.new("RGB", (max(image.width, 420), image.height + 8 + rows * line), "white")
     canvas.paste(image, (0, 0))
     draw = ImageDraw.Draw(canvas)
+    y = image.height + 6
     if attention is not None:
-        draw.text((6, image.height + 6), "attention: dark = low, bright = high", fill=(0, 0, 0))
-    else:
-        x = 6
-        for i, c in enumerate(classes):
-            draw.rectangle(
-                [x, image.height + 6, x + 12, image.height + 18], fill=COLOURS[i % len(COLOURS)]
-            )
-            draw.text((x + 16, image.height + 6), c, fill=(0, 0, 0))
-            x += 24 + 7 * len(c)
+        draw.text((6, y), "attention: dark = low, bright = high", fill=(0, 0, 0), font=font)
+        return canvas
+    for i, c in enumerate(classes):
+        box = [6, y + 2, 6 + LEGEND_FONT_PX, y + 2 + LEGEND_FONT_PX]
+        draw.rectangle(box, fill=COLOURS[i % len(COLOURS)], outline=(0, 0, 0))
+        draw.text((12 + LEGEND_FONT_PX, y), c.replace("_", " "), fill=(0, 0, 0), font=font)
+        y += line
     if ood is not None and ood.any():
-        draw.text((6, image.height + 6 + 12), "grey: unlike the training data", fill=(0, 0, 0))
+        box = [6, y + 2, 6 + LEGEND_FONT_PX, y + 2 + LEGEND_FONT_PX]
+        draw.rectangle(box, fill=OOD_COLOUR, outline=(0, 0, 0))
+        draw.text((12 + LEGEND_FONT_PX, y), "unlike the training data", fill=(0, 0, 0), font=font)
     return canvas

@@ -136,7 +136,12 @@ def predict_slide(
         slide_id=entry.slide_id,
         path=str(entry.path),
         status="ok",
-        call=CallDoc(**summary["call"], prediction_set=chosen, coverage=options.coverage),
+        call=CallDoc(
+            **summary["call"],
+            prediction_set=chosen,
+            coverage=options.coverage,
+            entity_name=loaded.kb.entity_names.get(made.call.entity, made.call.entity),
+        ),
         image=ImageDoc(image, aggregator, m.temperature, m.classes, m.kind),
         differential=summary if made.has_ihc else None,
         ihc=IHCDoc(
@@ -240,11 +245,9 @@ def predict_slides(
     loaded = load_for_prediction(model_path, options)
     panels = read_ihc_csv(ihc_csv, loaded.kb) if ihc_csv else {}
     ids = {e.slide_id for e in entries}
-    warnings = [
-        f"IHC rows for slide {s!r}, which is not in this batch"
-        for s in sorted(panels)
-        if s not in ids
-    ]
+    stray = sorted(s for s in panels if s not in ids)
+    warnings = [f"IHC rows for {len(stray)} slide(s) not in this batch: {', '.join(stray)}"]
+    warnings = warnings if stray else []
     writable_folder(out)
     clean_stale_temps(out)
     digests = {e.slide_id: params_hash(loaded, options, _panel_text(panels, e)) for e in entries}

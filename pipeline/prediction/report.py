@@ -148,7 +148,8 @@ def _slide_section(out: Path, r: SlideResult) -> list[str]:
     c, q = r.call, r.qc
     parts.append(
         f"<p>call: <b>{e(c.label)}</b> (leading {e(c.leading)}, {c.probability:.2f}; "
-        f"entity {e(c.entity)}); {q.n_tiles} tiles, {q.tissue_mm2:.2f} mm² tissue, "
+        f"entity {e(c.entity_name or c.entity)}); {q.n_tiles} tiles, "
+        f"{q.tissue_mm2:.2f} mm² tissue, "
         f"{q.mpp:.3g} µm/px from {e(q.mpp_source)}</p>"
     )
     parts.append(f"<div class='imgs'>{_img(folder / 'qc.png')}{_img(folder / 'heatmap.png')}</div>")
@@ -172,8 +173,10 @@ def write_report(
         f"{e(meta.kind)}, {e(meta.backbone)}, {meta.tile_px} px at {meta.target_mpp} µm/px), "
         f"classes {e(', '.join(meta.classes))}; {len(results)} slide(s)</p>",
     ]
-    parts += [f"<p class='note'>{e(w)}</p>" for w in warnings]
     parts += _summary_table(results)
+    parts += [
+        f"<details class='note'><summary>{e(w[:90])}…</summary>{e(w)}</details>" for w in warnings
+    ]
     for r in results:
         parts += _slide_section(out, r)
     parts.append("</body></html>")

@@ -28,6 +28,8 @@ class CallDoc:
     indeterminate: bool
     reasons: list[str]
     outside_image_scope: bool = False
+    entity_name: str = ""
+    """The entity's name as pathologists write it (``entity`` is its key)."""
     prediction_set: list[str] | None = None
     """Split-conformal set of classes (``--coverage``), most probable first."""
     coverage: float | None = None
