@@ -201,3 +201,14 @@ def test_signs_followed_by_qualifiers_never_flip():
         "CD34": "negative",
         "S100": "focal",
     }
+
+
+def test_pairs_as_a_notebook_holds_them():
+    from pipeline.ihc.tables import panel_from_pairs
+
+    panel = panel_from_pairs([("hCaldesmon", "strongly positive"), ("SMA", "(-)"), ("Ki67", "30%")])
+    assert {k: r.state for k, r in panel.results.items()} == {
+        "h_caldesmon": "positive",
+        "SMA": "negative",
+    }
+    assert panel.noted and panel.usage() == "2 of 3 markers used"

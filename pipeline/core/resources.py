@@ -12,12 +12,6 @@ def builtin_config(name: str) -> Path:
     return Path(str(resources.files("pipeline.configs").joinpath(name)))
 
 
-def builtin_names() -> list[str]:
-    """Names of the example run configs (``demo``, ``default``, ``mil``)."""
-    root = builtin_config("")
-    return sorted(p.stem for p in root.glob("*.yaml") if p.name != "calls.yaml")
-
-
 def config_path(path: str | Path) -> Path:
     """``path`` if it exists, else the built-in config it names (``demo``, ``demo.yaml``,
     ``configs/demo.yaml``), so the examples run outside a clone too."""

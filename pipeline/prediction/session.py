@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from models.meta import ModelMeta
+from models.outputs import SlideModel
 from pipeline.core.errors import UsageError
 from pipeline.core.hashing import file_sha256, params_digest
 from pipeline.ihc.image import ImageEvidence, kb_class_of
@@ -57,7 +58,7 @@ class LoadedModel:
 
     path: Path
     sha256: str
-    model: object
+    model: SlideModel
     meta: ModelMeta
     kb: KnowledgeBase
     call_config: CallConfig
