@@ -24,7 +24,7 @@ import numpy as np
 
 from pipeline.ihc.image import ImageEvidence, entity_prior_and_likelihood
 from pipeline.ihc.knowledge import KnowledgeBase, load_knowledge, source_kind
-from pipeline.ihc.likelihood import marker_terms, panel_loglik
+from pipeline.ihc.likelihood import marker_terms, terms_loglik
 from pipeline.ihc.panel import MarkerResult, Panel
 
 DECISIVE_LLR = float(np.log(10))
@@ -169,9 +169,8 @@ def fuse(
         pri, img = kb.prior(prior), np.ones(len(kb.entities))
     else:
         pri, img = entity_prior_and_likelihood(kb, image, prior, image_floor)
-    results = list(panel.performed.values())
-    terms = marker_terms(kb, results)
-    ll = panel_loglik(kb, results)
+    terms = marker_terms(kb, panel.performed.values())
+    ll = terms_loglik(kb, terms)
     with np.errstate(divide="ignore"):  # a zero prior rules an entity out
         log_post = np.log(pri) + np.log(img) + ll
     post = np.exp(log_post - log_post.max())

@@ -49,27 +49,33 @@ def group_leads(kb: KnowledgeBase) -> dict[str, str]:
     return {g: max(members, key=lambda m: (spread[m], m)) for g, members in kb.groups.items()}
 
 
-def marker_weight(kb: KnowledgeBase, marker: str) -> float:
+def marker_weight(kb: KnowledgeBase, marker: str, leads: dict[str, str]) -> float:
     """1 for ungrouped markers and group leads; 1 − redundancy for the others."""
     group = kb.group_of(marker)
-    if group is None or group_leads(kb)[group] == marker:
+    if group is None or leads[group] == marker:
         return 1.0
     return 1.0 - kb.redundancy[group]
 
 
 def marker_terms(kb: KnowledgeBase, results) -> list[tuple[MarkerResult, float, np.ndarray]]:
     """(result, weight, log P(result | entity)) of each informative result, by marker name."""
+    leads = group_leads(kb)
     out = []
     for result in sorted(results, key=lambda r: r.marker):
         ll = marker_loglik(kb, result)
         if ll is not None:
-            out.append((result, marker_weight(kb, result.marker), ll))
+            out.append((result, marker_weight(kb, result.marker, leads), ll))
     return out
+
+
+def terms_loglik(kb: KnowledgeBase, terms: list[tuple]) -> np.ndarray:
+    """The weighted log-likelihood of ``marker_terms`` for every entity."""
+    ll = np.zeros(len(kb.entities))
+    for _, weight, term in terms:
+        ll += weight * term
+    return ll
 
 
 def panel_loglik(kb: KnowledgeBase, results) -> np.ndarray:
     """The weighted log-likelihood of a panel's results for every entity."""
-    ll = np.zeros(len(kb.entities))
-    for _, weight, term in marker_terms(kb, results):
-        ll += weight * term
-    return ll
+    return terms_loglik(kb, marker_terms(kb, results))

@@ -115,7 +115,8 @@ def _state_from_numbers(
     return None
 
 
-def _resolve(name: str, kb: KnowledgeBase, panel: Panel, where: str) -> str | None:
+def resolve_name(name: str, kb: KnowledgeBase, panel: Panel, where: str) -> str | None:
+    """The marker key for a name; a noted or unknown name is recorded on ``panel``."""
     key = kb.resolve_marker(name)
     if key is None:
         noted = kb.resolve_noted(name)

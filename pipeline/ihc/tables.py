@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from pipeline.ihc.knowledge import KnowledgeBase, load_knowledge
-from pipeline.ihc.panel import IHCError, MarkerResult, Panel, _resolve, from_reading
+from pipeline.ihc.panel import IHCError, MarkerResult, Panel, from_reading, resolve_name
 from pipeline.ihc.report import Reading, read_result, split_fragments, tokens
 
 
@@ -48,7 +48,7 @@ def interpret(
     reading = Reading("")
     if raw:
         try:
-            reading = read_result(tokens(split_fragments(raw)[0] if raw else ""), loss, where)
+            reading = read_result(tokens(split_fragments(raw)[0]), loss, where)
         except IHCError:
             choices = "lost/retained" if loss else "positive/negative/focal/equivocal/not done"
             raise IHCError(
@@ -96,7 +96,7 @@ def read_ihc_csv(path: str | Path, kb: KnowledgeBase | None = None) -> dict[str,
         panel = panels.setdefault(slide_id, Panel())
         numbers_text = " ".join(f"{k} {v}" for k, v in numbers.items() if v)
         panel.raw += ("; " if panel.raw else "") + f"{marker_name}: {value} {numbers_text}".strip()
-        key = _resolve(marker_name, kb, panel, where)
+        key = resolve_name(marker_name, kb, panel, where)
         if key is None:
             return
         try:
@@ -138,7 +138,7 @@ def panel_from_pairs(pairs: Iterable[tuple[str, str]], kb: KnowledgeBase | None 
     panel = Panel()
     for name, value in pairs:
         where = f"pair ({name!r}, {value!r})"
-        key = _resolve(name, kb, panel, where)
+        key = resolve_name(name, kb, panel, where)
         if key is not None:
             panel.add(interpret(key, value, kb, where))
     return panel

@@ -38,7 +38,7 @@ from pipeline.prediction.session import (
     PredictOptions,
     is_done,
     load_for_prediction,
-    ood_fraction,
+    ood_tiles,
     params_hash,
     pre_call_reasons,
     qc_flags,
@@ -125,11 +125,11 @@ def predict_slide(
         )
     slide_probs = apply_temperature(slide_probs, float(m.temperature))
     image = dict(zip(m.classes, map(float, slide_probs), strict=True))
-    ood_share = ood_fraction(output.ood, m)
-    reasons, chosen = pre_call_reasons(image, ood_share, loaded, options)
-    made = make_call(
-        loaded.kb, config, panel, loaded.image_evidence(image), options.prior, len(coords), reasons
-    )
+    evidence = loaded.image_evidence(image)
+    ood = ood_tiles(output.ood, m)
+    ood_share = None if ood is None else float(ood.mean())
+    reasons, chosen = pre_call_reasons(evidence, ood_share, loaded, options)
+    made = make_call(loaded.kb, config, panel, evidence, options.prior, len(coords), reasons)
     summary = made.summary()
     timings["aggregate"] = time.perf_counter() - t
     result = SlideResult(
@@ -179,7 +179,6 @@ def predict_slide(
         ),
     )
     t = time.perf_counter()
-    ood = None if output.ood is None else output.ood > m.ood["threshold"]
     write_slide_outputs(
         slide_folder(out, entry.slide_id),
         coords,

@@ -131,15 +131,15 @@ def is_done(out: Path, slide_id: str, digest: str) -> bool:
     return result is not None and result.ok and result.provenance.params_hash == digest
 
 
-def ood_fraction(scores: np.ndarray | None, meta: ModelMeta) -> float | None:
-    """Share of the slide's tiles beyond the model's out-of-distribution threshold."""
+def ood_tiles(scores: np.ndarray | None, meta: ModelMeta) -> np.ndarray | None:
+    """Per tile, True beyond the model's out-of-distribution threshold (None: no detector)."""
     if scores is None or not meta.ood:
         return None
-    return float((scores > meta.ood["threshold"]).mean())
+    return scores > meta.ood["threshold"]
 
 
 def pre_call_reasons(
-    image: dict[str, float], ood_fraction: float | None, loaded: LoadedModel, options
+    image: ImageEvidence, ood_fraction: float | None, loaded: LoadedModel, options
 ) -> tuple[list[str], list[str] | None]:
     """Reasons found before the call (tissue unlike the training data, an unsettled
     prediction set) and the prediction set when one is asked for."""
@@ -155,9 +155,7 @@ def pre_call_reasons(
     if options.coverage is not None:
         scores = loaded.meta.conformal_scores or []
         q_hat = conformal.threshold(scores, options.coverage)
-        posterior = loaded.image_evidence(image).posterior(
-            loaded.image_evidence(image).class_prior(loaded.kb, options.prior)
-        )
+        posterior = image.posterior(image.class_prior(loaded.kb, options.prior))
         chosen = conformal.prediction_set(posterior, q_hat)
         why = conformal.set_reason(chosen, options.coverage, q_hat, len(scores))
         reasons += [why] if why else []
