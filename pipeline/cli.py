@@ -23,6 +23,7 @@ from pipeline.cli_args import (
     fraction,
     positive_float,
     slides_args,
+    view_args,
 )
 from pipeline.core.errors import FascicleError, UsageError
 
@@ -145,6 +146,12 @@ def _run_export_tiles(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _run_view(args: argparse.Namespace) -> int:
+    from pipeline.viewer.server import run_viewer
+
+    return run_viewer(**_fields(args, run_viewer))
+
+
 def _run_demo(args: argparse.Namespace) -> int:
     from pipeline.demo import run_demo
 
@@ -240,6 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mpp", dest="target_mpp", type=positive_float, default=0.5)
     p.add_argument("--per-slide", type=at_least(1), default=64, help="tiles per slide (64)")
     p.add_argument("--split", default="test")
+
+    view_args(verb("view", _run_view, "zoomable slide viewer with the model's overlays"))
 
     p = verb("demo", _run_demo, "synth -> tile -> train -> evaluate on CPU, in minutes")
     p.add_argument("--out", type=Path, default=Path("demo_out"))

@@ -50,3 +50,12 @@ def slides_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("slides", nargs="*", type=Path, help="slide files or folders (or --manifest)")
     p.add_argument("--manifest", type=Path, help="CSV with slide_id,path[,mpp,...]")
     p.add_argument("--slide-mpp", type=positive_float, help="override the slides' µm/px")
+
+
+def view_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("target", type=Path, help="a `fascicle predict --out` folder, or a slide file")
+    p.add_argument("--result", type=Path, help="with a slide file: its prediction folder")
+    p.add_argument("--slides", dest="slides_dir", type=Path, help="where the run's slides are now")
+    p.add_argument("--slide", dest="slide_id", help="open at this slide id")
+    p.add_argument("--port", type=at_least(0), default=0, help="port on 127.0.0.1 (0: a free one)")
+    p.add_argument("--open", dest="open_browser", action="store_true", help="open a browser")

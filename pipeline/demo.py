@@ -54,6 +54,7 @@ def run_demo(out: Path, progress: bool = True) -> int:
     )
     print(f"\ndemo finished in {time.perf_counter() - start:.0f} s")
     print(f"  report:   {out / 'evaluation' / 'predictions' / 'report.html'}")
+    print(f"  viewer:   fascicle view {out / 'evaluation' / 'predictions'}")
     print(f"  metrics:  {out / 'evaluation' / 'metrics.json'}")
     print(f"  preview:  {cohort / 'preview.png'}")
     return 0

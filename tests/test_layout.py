@@ -17,7 +17,7 @@ LAYERS = [
     {"pipeline.tiles", "pipeline.synth"},
     {"pipeline.training"},
     {"pipeline.prediction"},
-    {"pipeline.evaluation"},
+    {"pipeline.evaluation", "pipeline.viewer"},
     {"pipeline.demo"},
     {"pipeline.cli_args"},
     {"pipeline.cli"},

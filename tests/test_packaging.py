@@ -28,7 +28,9 @@ def wheel_venv(tmp_path_factory) -> Path:
     names = zipfile.ZipFile(wheel).namelist()
     for needed in ("pipeline/synth/render.py", "pipeline/configs/calls.yaml",
                    "pipeline/configs/ihc/knowledge.yaml", "pipeline/configs/demo.yaml",
-                   "models/meta.py"):  # fmt: skip
+                   "models/meta.py", "pipeline/viewer/static/viewer.js",
+                   "pipeline/viewer/static/index.html",
+                   "pipeline/viewer/static/viewer.css"):  # fmt: skip
         assert needed in names, f"{needed} missing from the wheel"
     venv = work / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)

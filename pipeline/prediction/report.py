@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import shlex
 from pathlib import Path
 
 from PIL import Image
@@ -14,6 +15,7 @@ from PIL import Image
 from models.meta import ModelMeta
 from pipeline.core.atomic import write_text
 from pipeline.core.batch import csv_text
+from pipeline.prediction.outputs import COLOURS, OOD_COLOUR
 from pipeline.prediction.result import SlideResult, read_results
 
 SUMMARY_COLUMNS = [
@@ -66,7 +68,7 @@ def write_summary_csv(out: Path, not_done: dict[str, str] | None = None) -> list
     return rows
 
 
-def _img(path: Path, width: int = 420) -> str:
+def _img(path: Path, width: int = 480) -> str:
     if not path.exists():
         return ""
     image = Image.open(path).convert("RGB")
@@ -82,7 +84,9 @@ CSS = """body{font-family:system-ui,sans-serif;margin:2em;color:#222}table{borde
 td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}.error{color:#b00}
 .indeterminate{color:#a60}.slide{border-top:2px solid #888;margin-top:2em;padding-top:1em}
 .imgs img{margin-right:1em;vertical-align:top}
-.note{background:#fff4d6;padding:.6em;border:1px solid #e0c36b}"""
+.legend span{margin-right:1.2em;white-space:nowrap}.legend i{display:inline-block;width:16px;
+height:16px;border:1px solid #333;vertical-align:middle;margin-right:5px}
+.view{color:#555}.note{background:#fff4d6;padding:.6em;border:1px solid #e0c36b}"""
 
 
 def _summary_table(results: list[SlideResult]) -> list[str]:
@@ -139,10 +143,28 @@ def _differential(r: SlideResult) -> list[str]:
     return parts
 
 
+def _legend(r: SlideResult) -> str:
+    """The heatmap's colours at a readable size (the image is shrunk to fit the page)."""
+    if r.image.model_kind == "mil":
+        return "<p class='legend'>heatmap: attention, dark = low, bright = high</p>"
+    items = [
+        (COLOURS[i % len(COLOURS)], c.replace("_", " ")) for i, c in enumerate(r.image.classes)
+    ]
+    if r.qc.ood_fraction:
+        items.append((OOD_COLOUR, "unlike the training data"))
+    spans = "".join(
+        f"<span><i style='background:rgb{colour}'></i>{html.escape(name)}</span>"
+        for colour, name in items
+    )
+    return f"<p class='legend'>heatmap: {spans} (opacity: confidence)</p>"
+
+
 def _slide_section(out: Path, r: SlideResult) -> list[str]:
     e = html.escape
     folder = out / "slides" / r.slide_id
     parts = [f"<div class='slide' id='{e(r.slide_id)}'><h2>{e(r.slide_id)}</h2>"]
+    command = f"fascicle view {shlex.quote(str(out))} --slide {shlex.quote(r.slide_id)}"
+    parts.append(f"<p class='view'>zoom in: <code>{e(command)}</code> (opens a local viewer)</p>")
     if not r.ok:
         return [*parts, f"<p class='error'>{e(r.error or '')}</p></div>"]
     c, q = r.call, r.qc
@@ -153,6 +175,7 @@ def _slide_section(out: Path, r: SlideResult) -> list[str]:
         f"{q.mpp:.3g} µm/px from {e(q.mpp_source)}</p>"
     )
     parts.append(f"<div class='imgs'>{_img(folder / 'qc.png')}{_img(folder / 'heatmap.png')}</div>")
+    parts.append(_legend(r))
     if r.differential:
         parts += _differential(r)
     return [*parts, "</div>"]
