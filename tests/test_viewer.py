@@ -301,3 +301,32 @@ def test_viewer_in_headless_chromium(which, run, server, browser, tmp_path):
         browser.execute_script("fascicle.map.setZoom(0, {animate: false})")
         _wait(lambda: 0 in _levels(server, tiles), "the lowest zoom level")
     assert len(_levels(server, tiles)) >= 2
+
+
+def test_attention_layer_for_mil_tiles(run, tmp_path):
+    slide_id = next(p.name for p in (run / "slides").iterdir() if p.name.startswith("syn"))
+    rows = _tiles(run, slide_id)
+    for i, row in enumerate(rows):
+        row["attention"] = str(i / len(rows))
+    path = tmp_path / "tiles.csv"
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    table = TileTable.read(path)
+    assert table.layers()[-1] == "attention"
+    rgba = table.colours("attention")
+    assert tuple(rgba[0, :3]) != tuple(rgba[-1, :3])  # low and high attention differ
+    assert table.at(int(rows[-1]["x"]) + 1, int(rows[-1]["y"]) + 1)["attention"] > 0.9
+
+
+def test_one_slide_with_its_result_folder(run, cmu_svs):
+    copy = next(run.parent.glob("view_slides*")) / "cmu.svs"
+    for given in (run, run / "slides" / "cmu"):
+        catalogue = Catalogue.from_slide(copy, given)
+        (viewed,) = catalogue.slides.values()
+        assert viewed.result.slide_id == "cmu" and viewed.table() is not None
+        catalogue.close()
+    alone = Catalogue.from_slide(cmu_svs)
+    assert alone.get(cmu_svs.stem).info()["layers"] == []
+    alone.close()
