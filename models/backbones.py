@@ -8,7 +8,8 @@
 * ``timm:<name>`` (when timm is installed), including Hugging Face hub names such as
   ``timm:hf-hub:MahmoodLab/UNI``, loaded offline from the HF cache or ``weights_path``.
 
-``weights_path`` loads a local state dict (``torch.load(weights_only=True)`` or safetensors).
+``weights_path`` loads local weights from anywhere (``models.weights``: a file, a timm / HF
+folder or ``package:NAME``), mapped by name, then by order and shape.
 """
 
 from __future__ import annotations
@@ -129,35 +130,14 @@ def _timm(name: str, pretrained: bool) -> tuple[nn.Module, int]:
     return model, int(model.num_features)
 
 
-def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
-    """A state dict from ``.pt/.pth/.bin`` (weights only, never pickle code) or safetensors."""
-    path = Path(path)
-    if not path.exists():
-        raise UsageError(f"{path}: weights file not found")
-    if path.suffix == ".safetensors":
-        try:
-            from safetensors.torch import load_file
-        except ImportError:
-            raise UsageError(
-                f"{path}: reading safetensors needs: pip install safetensors"
-            ) from None
-        return load_file(str(path))
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise UsageError(f"{path}: not a weights-only state dict ({err})") from None
-    for key in ("state_dict", "model", "teacher"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-    if not isinstance(state, dict):
-        raise UsageError(f"{path}: expected a state dict, found {type(state).__name__}")
-    return state
-
-
 def build_backbone(
-    name: str, pretrained: bool = False, weights_path: str | None = None
+    name: str,
+    pretrained: bool = False,
+    weights_path: str | None = None,
+    weights_partial: bool = False,
 ) -> tuple[nn.Module, int, list[float] | None, list[float] | None]:
-    """(module producing (B, D) features, D, mean, std) — mean/std None when not pretrained."""
+    """(module producing (B, D) features, D, mean, std) — mean/std None when not pretrained.
+    ``weights_path``: any source ``models.weights`` reads (file, folder, ``package:``)."""
     if name == "small_cnn":
         model, dim = SmallCNN(), SmallCNN().out_dim
     elif name in TORCHVISION:
@@ -168,19 +148,11 @@ def build_backbone(
         known = ", ".join(["small_cnn", *TORCHVISION, "timm:<name>"])
         raise UsageError(f"unknown backbone {name!r}; choose from {known}")
     if weights_path:
-        state = load_state_dict_file(weights_path)
-        state = {k.removeprefix("module.").removeprefix("backbone."): v for k, v in state.items()}
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        matched = len(state) - len(unexpected)
-        if matched == 0:
-            raise UsageError(f"{weights_path}: no tensor matches backbone {name}; wrong file?")
-        if missing:
-            import logging
+        import logging
 
-            logging.getLogger(__name__).warning(
-                "%s: %d backbone tensors not in the file (left as initialised)",
-                weights_path,
-                len(missing),
-            )
+        from .weights import load_weights
+
+        _, report = load_weights(model, weights_path, partial=weights_partial)
+        logging.getLogger(__name__).info("%s", report)
     stats = (IMAGENET_MEAN, IMAGENET_STD) if (pretrained or weights_path) else (None, None)
     return model, dim, *stats

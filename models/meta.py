@@ -45,6 +45,7 @@ class ModelMeta:
     """Macenko reference stain state, or None when tiles are not stain-normalised."""
     pretrained: bool = False
     weights_path: str | None = None
+    weights_partial: bool = False
     dropout: float = 0.0
     train_class_priors: list[float] | None = None
     class_weights: list[float] | None = None

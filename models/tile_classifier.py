@@ -33,6 +33,7 @@ class TileClassifier(pl.LightningModule):
             meta.backbone,
             meta.pretrained and load_weights,
             meta.weights_path if load_weights else None,
+            meta.weights_partial,
         )
         self.backbone = backbone
         self.head = nn.Sequential(nn.Dropout(meta.dropout), nn.Linear(dim, len(self.classes)))

@@ -190,7 +190,7 @@ def test_local_weights_file_is_loaded(tmp_path):
     x = torch.randn(1, 3, 64, 64)
     source.eval(), loaded.eval()
     assert torch.equal(source(x), loaded(x)) and mean is not None
-    with pytest.raises(UsageError, match="no tensor matches"):
+    with pytest.raises(UsageError, match="no tensor fits"):
         torch.save({"nothing": torch.zeros(1)}, path)
         build_backbone("small_cnn", weights_path=str(path))
 

@@ -60,7 +60,10 @@ class ModelConfig:
     pretrained: bool = False
     """ImageNet weights for torchvision backbones, from the local torch cache (never fetched)."""
     weights_path: str | None = None
-    """A local state-dict file for the backbone (e.g. a pathology foundation model)."""
+    """Local weights for the backbone (e.g. a pathology foundation model): a file, a timm /
+    Hugging Face folder or ``package:NAME[/file]``; keys mapped by name, then order and shape."""
+    weights_partial: bool = False
+    """Accept weights that leave some backbone tensors as initialised (refused by default)."""
     dropout: float = 0.1
     aggregator: str = "mean"
     features_dir: str | None = None

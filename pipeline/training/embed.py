@@ -46,7 +46,9 @@ def build_encoder(config: RunConfig) -> Encoder:
         dim = model.head[-1].in_features
         spec = {"backbone": meta.backbone, "mean": meta.mean, "std": meta.std, "source": m.encoder}
     else:
-        module, dim, mean, std = build_backbone(m.encoder, m.pretrained, m.weights_path)
+        module, dim, mean, std = build_backbone(
+            m.encoder, m.pretrained, m.weights_path, m.weights_partial
+        )
         spec = {
             "backbone": m.encoder,
             "mean": mean or IMAGENET_MEAN,

@@ -54,7 +54,7 @@ def _train_tiles(config: RunConfig, run_dir: Path, progress: bool) -> TrainResul
     d, m, o, scheme = config.data, config.model, config.optim, config.scheme()
     slides = prepare_slides(config, run_dir, progress)
     write_splits(run_dir / "splits.csv", slides)
-    _, _, mean, std = build_backbone(m.backbone, m.pretrained, m.weights_path)
+    _, _, mean, std = build_backbone(m.backbone, m.pretrained, m.weights_path, m.weights_partial)
     sample = sample_tiles(slides, 256, config.seed, d.backend)
     macenko = (
         Macenko().fit(sample).state() if config.augment.stain_normalisation == "macenko" else None
@@ -77,6 +77,7 @@ def _train_tiles(config: RunConfig, run_dir: Path, progress: bool) -> TrainResul
         backbone=m.backbone,
         pretrained=m.pretrained,
         weights_path=m.weights_path,
+        weights_partial=m.weights_partial,
         dropout=m.dropout,
         aggregator=m.aggregator,
         temperature=1.0,
