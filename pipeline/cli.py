@@ -8,8 +8,6 @@ runs, so the command starts fast.
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import inspect
 import logging
 import sys
 from collections.abc import Sequence
@@ -20,6 +18,7 @@ from pipeline.cli_args import (
     at_least,
     batch_args,
     call_args,
+    fields_of,
     fraction,
     positive_float,
     slides_args,
@@ -28,16 +27,6 @@ from pipeline.cli_args import (
 from pipeline.core.errors import FascicleError, UsageError
 
 EXIT_OK, EXIT_PARTIAL, EXIT_USAGE = 0, 1, 2
-
-
-def _fields(args: argparse.Namespace, target) -> dict:
-    """The command-line values named like the fields of a dataclass or a function's
-    parameters (``target``)."""
-    if dataclasses.is_dataclass(target):
-        names = {f.name for f in dataclasses.fields(target)}
-    else:
-        names = set(inspect.signature(target).parameters)
-    return {k: v for k, v in vars(args).items() if k in names}
 
 
 def _report(rows: Sequence[dict], summary: Path) -> int:
@@ -54,7 +43,7 @@ def _run_synth(args: argparse.Namespace) -> int:
 
     args.classes = tuple(args.classes or CohortParams.classes)
     args.slide_size_um = tuple(args.slide_size_um)
-    params = CohortParams(**_fields(args, CohortParams))
+    params = CohortParams(**fields_of(args, CohortParams))
     plans = make_cohort(args.out, params, args.workers, args.overwrite, args.progress)
     print(f"{len(plans)} slides in {args.out / 'slides'}; manifest.csv, ihc.csv, cases.csv and")
     print(f"preview.png in {args.out}")
@@ -67,7 +56,7 @@ def _run_tile(args: argparse.Namespace) -> int:
 
     entries = slide_entries(args.slides, args.manifest, args.slide_mpp)
     params = tiling_params(args.mpp, args.tile_px, args.overlap, args.min_tissue, args.fill_holes)
-    rows = tile_slides(entries, params=params, **_fields(args, tile_slides))
+    rows = tile_slides(entries, params=params, **fields_of(args, tile_slides))
     return _report(rows, args.out / "tiling_summary.csv")
 
 
@@ -83,16 +72,23 @@ def _run_ihc(args: argparse.Namespace) -> int:
         print(explain(load_knowledge(args.knowledge), args.explain))
         return EXIT_OK
     args.image_probs = parse_image_probs(args.image_probs) if args.image_probs else None
-    summary = ihc_summary(**_fields(args, ihc_summary))
+    summary = ihc_summary(**fields_of(args, ihc_summary))
     print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
     return EXIT_OK
 
 
 def _run_train(args: argparse.Namespace) -> int:
     from pipeline.training.config import load_config
-    from pipeline.training.train import train
 
-    result = train(load_config(args.config, args.overrides), progress=args.progress)
+    config = load_config(args.config, args.overrides)
+    if config.model.kind == "probe" or args.cv:  # frozen features, a tile dataset
+        from pipeline.evaluation.cv import run_tile_cv
+
+        result = run_tile_cv(config, args.cv, progress=args.progress)
+    else:
+        from pipeline.training.train import train
+
+        result = train(config, progress=args.progress)
     if result is not None:
         print(result.describe())
     return EXIT_OK
@@ -114,7 +110,7 @@ def _run_predict(args: argparse.Namespace) -> int:
 
     entries = slide_entries(args.slides, args.manifest, args.slide_mpp)
     entries = session.shard(entries, *session.parse_shard(args.shard))
-    options = session.PredictOptions(**_fields(args, session.PredictOptions))
+    options = session.PredictOptions(**fields_of(args, session.PredictOptions))
     if args.devices > 1:
         rows = predict.predict_on_devices(
             entries, args.model, args.out, options, args.devices, args.ihc
@@ -130,7 +126,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     from pipeline.evaluation.evaluate import Gate, format_levels, run_evaluation
 
     gate = Gate(args.min_balanced_accuracy, args.min_auroc)
-    doc, failures = run_evaluation(gate=gate, **_fields(args, run_evaluation))
+    doc, failures = run_evaluation(gate=gate, **fields_of(args, run_evaluation))
     print("\n".join(format_levels(doc)))
     print(f"metrics: {args.out / 'metrics.json'}")
     for failure in failures:
@@ -141,7 +137,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 def _run_export_tiles(args: argparse.Namespace) -> int:
     from pipeline.evaluation.tile_bank import export_tiles
 
-    path = export_tiles(**_fields(args, export_tiles))
+    path = export_tiles(**fields_of(args, export_tiles))
     print(f"tile bank: {path}")
     return EXIT_OK
 
@@ -149,7 +145,7 @@ def _run_export_tiles(args: argparse.Namespace) -> int:
 def _run_view(args: argparse.Namespace) -> int:
     from pipeline.viewer.server import run_viewer
 
-    return run_viewer(**_fields(args, run_viewer))
+    return run_viewer(**fields_of(args, run_viewer))
 
 
 def _run_demo(args: argparse.Namespace) -> int:
@@ -259,6 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         p = verb(name, run, f"{help_}; override keys with --section.key=value")
         p.add_argument("--config", type=Path, required=True, help=f"YAML, or a built-in: {example}")
+        if name == "train":
+            p.add_argument("--cv", type=at_least(0), default=0, help="patient-level K-fold CV")
         p.set_defaults(overrides_allowed=True)
     return parser
 

@@ -4,8 +4,20 @@ as they are parsed, so a bad one stops the command (exit 2) before any work."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import inspect
 from collections.abc import Callable
 from pathlib import Path
+
+
+def fields_of(args: argparse.Namespace, target) -> dict:
+    """The command-line values named like the fields of a dataclass or a function's
+    parameters (``target``)."""
+    if dataclasses.is_dataclass(target):
+        names = {f.name for f in dataclasses.fields(target)}
+    else:
+        names = set(inspect.signature(target).parameters)
+    return {k: v for k, v in vars(args).items() if k in names}
 
 
 def positive_float(text: str) -> float:

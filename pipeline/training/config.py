@@ -27,6 +27,11 @@ CLASSES = ["leiomyosarcoma", "meningioma", "other_sarcoma"]
 @dataclass
 class DataConfig:
     manifest: str = ""
+    tiles: str | None = None
+    """A tile dataset instead of slides (``model.kind: probe``): a CSV with
+    ``path,label,patient_id[,split,mpp]`` or a folder ``<label>/<patient>/<tile>``."""
+    tile_mpp: float | None = None
+    """µm/px of tiles whose CSV row gives none (needed to resample them to target_mpp)."""
     tiles_dir: str | None = None
     """Coordinates from an earlier ``fascicle tile`` with the same parameters; by default
     slides are tiled into ``<run>/tiles`` (resumable)."""
@@ -55,7 +60,8 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     kind: str = "tile"
-    """``tile`` (tile classifier, end to end) or ``mil`` (attention MIL on frozen features)."""
+    """``tile`` (tile classifier, end to end), ``mil`` (attention MIL on frozen features) or
+    ``probe`` (a linear probe on frozen features of a tile dataset)."""
     backbone: str = "small_cnn"
     pretrained: bool = False
     """ImageNet weights for torchvision backbones, from the local torch cache (never fetched)."""
@@ -69,7 +75,7 @@ class ModelConfig:
     features_dir: str | None = None
     """MIL: ``fascicle embed`` output; default ``<run>/features``."""
     encoder: str = "resnet18"
-    """MIL: frozen encoder for ``fascicle embed``."""
+    """MIL and probe: the frozen encoder (its weights: ``pretrained`` or ``weights_path``)."""
     attention_dim: int = 128
     max_bag: int = 512
     ood_quantile: float = 0.95
@@ -187,7 +193,9 @@ def config_problems(c: RunConfig) -> list[str]:
             a.stain_normalisation in STAIN_NORMALISATIONS,
             f"augment.stain_normalisation must be one of {', '.join(STAIN_NORMALISATIONS)}",
         ),
-        (m.kind in ("tile", "mil"), "model.kind must be tile or mil"),
+        (m.kind in ("tile", "mil", "probe"), "model.kind must be tile, mil or probe"),
+        (m.kind != "probe" or bool(d.tiles), "model.kind probe needs data.tiles (a tile set)"),
+        (d.tile_mpp is None or d.tile_mpp > 0, "data.tile_mpp must be > 0 (µm per pixel)"),
         (
             m.kind == "mil" or m.aggregator in TILE_AGGREGATORS,
             f"model.aggregator must be one of {', '.join(TILE_AGGREGATORS)}",
@@ -245,6 +253,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Ru
         listing = "\n".join(f"  - {p}" for p in problems)
         raise UsageError(f"{source}: {len(problems)} invalid value(s):\n{listing}")
     config.scheme()  # a bad class scheme fails here, naming the key
-    if not config.data.manifest:
-        raise UsageError(f"{source}: data.manifest is required (a CSV of labelled slides)")
+    if not config.data.manifest and not config.data.tiles:
+        raise UsageError(
+            f"{source}: data.manifest (a CSV of labelled slides) or data.tiles (a tile CSV or "
+            "folder, with model.kind: probe) is required"
+        )
     return config

@@ -1,0 +1,151 @@
+"""Linear probe on frozen features: standardised features, class-balanced logistic regression
+with its regularisation chosen by patient-grouped inner cross-validation, exported as an
+ordinary fascicle tile model (the encoder plus a linear head) that ``fascicle predict`` and
+``fascicle evaluate`` use like any other.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import log_loss
+from sklearn.model_selection import StratifiedGroupKFold
+
+C_GRID = (0.01, 0.1, 1.0, 10.0)
+DEFAULT_C = 1.0
+
+
+@dataclass
+class Probe:
+    """A fitted probe: ``probs(features)`` gives (N, K) for all K classes."""
+
+    mean: np.ndarray
+    scale: np.ndarray
+    model: LogisticRegression
+    k: int
+    c: float
+    chosen_by: str
+    """``inner grouped CV (n folds)`` or why the default was kept."""
+
+    def probs(self, features: np.ndarray) -> np.ndarray:
+        p = self.model.predict_proba((features - self.mean) / self.scale)
+        out = np.zeros((len(features), self.k))
+        out[:, self.model.classes_] = p
+        return out
+
+    def linear(self) -> tuple[np.ndarray, np.ndarray]:
+        """(K, D) weights and (K,) biases on raw features whose softmax is ``probs``."""
+        coef, bias = self.model.coef_, self.model.intercept_
+        if len(self.model.classes_) == 2:  # sklearn keeps one row: the logit of classes_[1]
+            coef, bias = np.vstack([np.zeros_like(coef), coef]), np.array([0.0, bias[0]])
+        w = np.full((self.k, coef.shape[1]), 0.0)
+        b = np.full(self.k, -30.0)  # a class absent from training gets ~0 probability
+        w[self.model.classes_] = coef / self.scale
+        b[self.model.classes_] = bias - (coef * (self.mean / self.scale)).sum(1)
+        return w, b
+
+
+def _fit(x: np.ndarray, y: np.ndarray, c: float, seed: int) -> LogisticRegression:
+    model = LogisticRegression(C=c, class_weight="balanced", max_iter=3000, random_state=seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # convergence chatter on tiny folds
+        return model.fit(x, y)
+
+
+def inner_folds(y: np.ndarray, groups: np.ndarray, most: int = 3) -> int:
+    """Inner folds possible with every class in every training part: 0 when too few patients."""
+    per_class = [len(np.unique(groups[y == c])) for c in np.unique(y)]
+    n = min(most, min(per_class)) if per_class else 0
+    return n if n >= 2 and len(per_class) >= 2 else 0
+
+
+def fit_probe(
+    features: np.ndarray, y: np.ndarray, groups: np.ndarray, k: int, seed: int = 0
+) -> Probe:
+    """Fit on ``features`` (N, D) with labels ``y`` and patient ``groups``; C from ``C_GRID`` by
+    grouped inner CV on log loss (ties: the stronger regularisation)."""
+    mean = features.mean(0)
+    scale = np.maximum(features.std(0), 1e-6)
+    x = (features - mean) / scale
+    n = inner_folds(y, groups)
+    c, how = DEFAULT_C, f"default C={DEFAULT_C} (too few patients per class for inner CV)"
+    if len(np.unique(y)) < 2:
+        raise ValueError("a probe needs two or more classes in its training data")
+    if n:
+        splitter = StratifiedGroupKFold(n_splits=n, shuffle=True, random_state=seed)
+        losses = []
+        for candidate in C_GRID:
+            loss = []
+            for train, test in splitter.split(x, y, groups):
+                fold = _fit(x[train], y[train], candidate, seed)
+                p = np.zeros((len(test), k))
+                p[:, fold.classes_] = fold.predict_proba(x[test])
+                p = np.clip(p, 1e-9, 1)
+                loss.append(log_loss(y[test], p / p.sum(1, keepdims=True), labels=list(range(k))))
+            losses.append(float(np.mean(loss)))
+        best = min(range(len(C_GRID)), key=lambda i: (round(losses[i], 6), C_GRID[i]))
+        c, how = C_GRID[best], f"inner grouped CV ({n} folds, log loss)"
+    return Probe(mean, scale, _fit(x, y, c, seed), k, c, how)
+
+
+def probe_head(probe: Probe, feature_dim: int) -> dict[str, torch.Tensor]:
+    """The probe as the state of a ``TileClassifier`` head (``head.1`` is its Linear)."""
+    w, b = probe.linear()
+    if w.shape[1] != feature_dim:
+        raise ValueError(f"probe has {w.shape[1]} features, encoder gives {feature_dim}")
+    return {
+        "head.1.weight": torch.tensor(w, dtype=torch.float32),
+        "head.1.bias": torch.tensor(b, dtype=torch.float32),
+    }
+
+
+def export_probe(
+    path,
+    probe: Probe,
+    config,
+    features,
+    labels: list[str],
+    temperature: float = 1.0,
+    extra: dict | None = None,
+):
+    """Write the encoder and the probe as a fascicle tile model at ``path``."""
+    from models.checkpoint import save_model
+    from models.meta import ModelMeta
+    from models.tile_classifier import TileClassifier
+    from pipeline import __version__
+
+    d, m, scheme = config.data, config.model, config.scheme()
+    folded = {x: scheme.class_of(x) for x in sorted(set(labels)) if x not in scheme.classes}
+    meta = ModelMeta(
+        kind="tile",
+        classes=list(scheme.classes),
+        label_map=folded or None,
+        rest_class=scheme.rest,
+        positive_class=scheme.positive,
+        class_balance=[1.0 / len(scheme.classes)] * len(scheme.classes),
+        target_mpp=d.target_mpp,
+        tile_px=d.tile_px,
+        min_tissue=d.min_tissue,
+        mean=list(features.mean),
+        std=list(features.std),
+        backbone=m.encoder,
+        pretrained=m.pretrained,
+        weights_path=m.weights_path,
+        weights_partial=m.weights_partial,
+        dropout=0.0,
+        aggregator="mean",
+        temperature=float(temperature),
+        encoder_source=features.encoder["weights"],
+        package_version=__version__,
+        seed=config.seed,
+        extra={"recipe": "linear probe", "probe_c": probe.c, **(extra or {})},
+    )
+    torch.manual_seed(0)  # the same random-init encoder the features came from (tests)
+    model = TileClassifier(meta)
+    state = model.state_dict() | probe_head(probe, model.feature_dim)
+    model.load_state_dict(state)
+    return save_model(path, model, meta)
