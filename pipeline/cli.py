@@ -162,6 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"fascicle {__version__}")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--progress", action="store_true", help="progress bars even with -q")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
 
@@ -222,7 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", type=Path, required=True)
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--manifest", type=Path, help="held-out slides (split column)")
-    source.add_argument("--tiles", dest="bank", type=Path, help="tile bank from export-tiles")
+    source.add_argument("--tiles", dest="bank", type=Path, help="tile bank (.h5), tile CSV/folder")
+    p.add_argument("--tile-mpp", type=positive_float, help="µm/px of tiles without an mpp column")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--split", default="test", help="manifest split to evaluate (test)")
     p.add_argument("--ihc", type=Path, help="IHC CSV, fused into the calls")
@@ -275,7 +277,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=level, format="%(levelname)s: %(message)s")
     for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric"):
         logging.getLogger(name).setLevel(logging.INFO if args.verbose else logging.WARNING)
-    args.progress = not args.quiet
+    args.progress = args.progress or not args.quiet
     try:
         return args.run(args)
     except FascicleError as err:

@@ -121,7 +121,7 @@ def test_probe_as_linear_head_matches_its_probabilities():
         assert "inner grouped CV" in probe.chosen_by
 
 
-def test_cv_on_separable_tiles_then_predict_with_the_model(tmp_path, tiny_cohort):
+def test_cv_on_separable_tiles_then_predict_with_the_model(tmp_path, tiny_cohort, capsys):
     config = _config(tmp_path, _tiles(tmp_path / "tiles"))
     result = run_tile_cv(config, folds=3, progress=False, n_boot=50)
     s = result.summary
@@ -154,6 +154,17 @@ def test_cv_on_separable_tiles_then_predict_with_the_model(tmp_path, tiny_cohort
                  "--out", str(out), "--workers", "0"]) == 0  # fmt: skip
     doc = json.loads((out / "slides" / slide.stem / "result.json").read_text())
     assert set(doc["image"]["probabilities"]) == {"leiomyosarcoma", "not_leiomyosarcoma"}
+    # and is gated on a tile dataset as CI would (here its own tiles: plumbing, not merit)
+    code = main(["evaluate", "--model", str(result.model_path), "--tiles", str(tmp_path / "tiles"),
+                 "--tile-mpp", "0.5", "--out", str(tmp_path / "eval"), "--bootstrap", "20",
+                 "--min-auroc", "0.9"])  # fmt: skip
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "tile level (18 tiles, 6 patients)" in printed and "gate reads this level" in printed
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert set(metrics["levels"]) == {"tile", "patient"} and metrics["gate"]["level"] == "tile"
+    with open(tmp_path / "eval" / "predictions.csv") as fh:
+        assert {r["crops"] for r in csv.DictReader(fh)} == {"1"}  # 160 px at 0.5 -> 80 at 1.0
 
 
 def test_cv_with_a_pretrained_encoder_from_a_wheel_on_real_tiles(osteo, tmp_path):

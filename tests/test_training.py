@@ -1,3 +1,4 @@
+import csv
 import pickle
 import subprocess
 import sys
@@ -297,6 +298,34 @@ def test_a_short_fit_beats_chance_on_held_out_slides(tiny_cohort, tmp_path):
         assert (tmp_path / "run" / name).exists()
     assert list((tmp_path / "run" / "logs").rglob("metrics.csv"))
     assert list((tmp_path / "run" / "tb").rglob("events.out.tfevents.*"))
+    # the kept epoch is the best balanced accuracy, ties going to the lower validation loss
+    with open(next((tmp_path / "run" / "logs").rglob("metrics.csv"))) as fh:
+        rows = [r for r in csv.DictReader(fh) if r.get("val/loss")]
+    scores = [
+        (float(r["val/slide_balanced_accuracy"]), -float(r["val/loss"]), int(r["epoch"]))
+        for r in rows
+    ]
+    best_epoch = max(scores)[2]
+    assert f"best-epoch={best_epoch:03d}" in result.metrics["best_checkpoint"]
+
+
+def test_selection_score_breaks_ties_by_loss_and_follows_the_monitor(tiny_cohort, tmp_path):
+    from pipeline.training.trainer import make_trainer, selection_score
+
+    tie = [{"val/slide_balanced_accuracy": 1.0, "val/loss": loss} for loss in (0.44, 0.22)]
+    scores = [selection_score(m, "val/slide_balanced_accuracy", "max") for m in tie]
+    assert scores[1] > scores[0] and 0 < scores[1] - scores[0] < 1e-3
+    better = selection_score({"val/slide_balanced_accuracy": 0.75, "val/loss": 0.01}, *
+                             ("val/slide_balanced_accuracy", "max"))  # fmt: skip
+    assert better < scores[0]  # a lower metric never wins on loss
+    assert selection_score({"val/loss": 0.3}, "val/loss", "min") == -0.3
+    assert selection_score({"val/loss": 0.3}, "val/slide_auroc_macro", "max") is None
+    config = _config(tiny_cohort, tmp_path / "run", "--trainer.early_stopping_patience=2")
+    trainer, _ = make_trainer(config, tmp_path / "run", progress=False)
+    stopper = next(c for c in trainer.callbacks if type(c).__name__ == "EarlyStopping")
+    assert stopper.patience == 2 and stopper.monitor == "val/selection"
+    with pytest.raises(UsageError, match="monitor must be a val/"):
+        _config(tiny_cohort, tmp_path / "run", "--trainer.monitor=loss")
 
 
 @pytest.mark.slow

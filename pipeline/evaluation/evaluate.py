@@ -153,6 +153,7 @@ def run_evaluation(
     progress: bool = True,
     prior: str | None = None,
     coverage: float | None = None,
+    tile_mpp: float | None = None,
 ) -> tuple[dict, list[str]]:
     """Evaluate, write ``metrics.json`` and return it with the gate failures."""
     from pipeline import __version__
@@ -167,7 +168,7 @@ def run_evaluation(
             )
         }
     else:
-        levels = evaluate_tiles(bank, model, out, n_boot)
+        levels = evaluate_tiles(bank, model, out, n_boot, tile_mpp=tile_mpp)
     gated = levels["tile"] if "tile" in levels else levels["slide"]
     failures = gate.failures(gated["metrics"])
     doc = {
@@ -194,6 +195,7 @@ def run_evaluation(
 def format_levels(doc: dict) -> list[str]:
     """One line per evaluated level, with the 95% interval of balanced accuracy."""
     lines = []
+    gated = doc["gate"]["level"]
     for level, report in doc["levels"].items():
         m, ci = report["metrics"], report["ci95"]
         bal = ci.get("balanced_accuracy", [float("nan")] * 2)
@@ -201,5 +203,6 @@ def format_levels(doc: dict) -> list[str]:
             f"{level} level ({report['n']} {level}s, {report['n_patients']} patients): "
             f"balanced accuracy {m['balanced_accuracy']:.3f} [{bal[0]:.3f}, {bal[1]:.3f}], "
             f"macro AUROC {m['auroc_macro']:.3f}"
+            + (" (the gate reads this level)" if level == gated else "")
         )
     return lines

@@ -14,6 +14,8 @@ from pipeline.core.atomic import atomic_path, write_text
 from pipeline.core.batch import csv_text
 from pipeline.core.errors import UsageError
 from pipeline.evaluation.metrics_report import report_level as _report
+from pipeline.evaluation.tile_sets import evaluate_tile_set
+from pipeline.tiles.tileset import is_tile_set
 from pipeline.wsi.manifest import held_out, read_manifest
 
 
@@ -120,9 +122,15 @@ class BankDataset(Dataset):
 
 
 def evaluate_tiles(
-    bank: Path, model_path: Path, out: Path, n_boot: int, batch_size: int = 64
+    bank: Path,
+    model_path: Path,
+    out: Path,
+    n_boot: int,
+    batch_size: int = 64,
+    tile_mpp: float | None = None,
 ) -> dict:
-    """Score the model on a tile bank, per tile and per slide (its tiles aggregated)."""
+    """Score the model on a tile bank, per tile and per slide (its tiles aggregated), or on a
+    tile dataset (CSV or folder, ``tile_sets``), per tile and per patient."""
     from models.checkpoint import load_model
     from pipeline.tiles.aggregate import aggregate, apply_temperature
     from pipeline.tiles.augment import AugmentConfig, build_transform
@@ -131,6 +139,8 @@ def evaluate_tiles(
     model, m = load_model(model_path)
     if m.pools_tiles:
         raise UsageError(f"{model_path}: tile banks evaluate tile models (this one is {m.kind})")
+    if is_tile_set(bank):
+        return evaluate_tile_set(bank, model, m, out, n_boot, tile_mpp, batch_size)
     with read_tile_bank(bank) as f:
         classes = json.loads(f.attrs["classes"])
         if (

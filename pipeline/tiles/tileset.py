@@ -160,18 +160,17 @@ def _from_folder(root: Path) -> list[TileRecord]:
     return records
 
 
-def crop_grid(
-    image: np.ndarray, mpp: float | None, target_mpp: float | None, tile_px: int, name: str
-) -> np.ndarray:
-    """``image`` resampled from ``mpp`` to ``target_mpp`` and cut into a centred grid of
-    ``tile_px`` crops, (N, tile_px, tile_px, 3). ``target_mpp`` None: the whole image resized
-    to ``tile_px`` (resolution not controlled)."""
+def crop_layout(
+    width: int, height: int, mpp: float | None, target_mpp: float | None, tile_px: int, name: str
+) -> tuple[int, int, int, int]:
+    """``(resampled width, height, crops across, crops down)`` of a ``width x height`` tile at
+    ``mpp`` cut into ``tile_px`` crops at ``target_mpp`` (None: one crop of the whole tile)."""
     if target_mpp is None:
-        return np.asarray(Image.fromarray(image).resize((tile_px, tile_px), Image.BOX))[None]
+        return tile_px, tile_px, 1, 1
     if mpp is None:
         raise UsageError(
             f"{name}: the tile's µm/px is unknown and the model works at {target_mpp} µm/px; add "
-            "an mpp column to the tile CSV, or set data.tile_mpp for all tiles"
+            "an mpp column to the tile CSV, or set data.tile_mpp (evaluate: --tile-mpp)"
         )
     scale = mpp / target_mpp
     if scale > UPSAMPLE_TOLERANCE:
@@ -179,17 +178,26 @@ def crop_grid(
             f"{name}: tiles at {mpp:g} µm/px are coarser than the model's {target_mpp:g} µm/px "
             f"(they would be up-sampled); use data.target_mpp: {mpp:g} or coarser"
         )
-    h, w = image.shape[:2]
-    width, height = max(1, round(w * scale)), max(1, round(h * scale))
-    if (width, height) != (w, h):
-        image = np.asarray(Image.fromarray(image).resize((width, height), Image.BOX))
-    nx, ny = width // tile_px, height // tile_px
-    if nx == 0 or ny == 0:
+    w, h = max(1, round(width * scale)), max(1, round(height * scale))
+    if w < tile_px or h < tile_px:
         need = math.ceil(tile_px / scale)
         raise UsageError(
-            f"{name}: {w} x {h} px at {mpp:g} µm/px is smaller than one {tile_px}-px tile at "
-            f"{target_mpp:g} µm/px (needs {need} px); lower data.tile_px"
+            f"{name}: {width} x {height} px at {mpp:g} µm/px is smaller than one {tile_px}-px tile"
+            f" at {target_mpp:g} µm/px (needs {need} px); lower data.tile_px"
         )
+    return w, h, w // tile_px, h // tile_px
+
+
+def crop_grid(
+    image: np.ndarray, mpp: float | None, target_mpp: float | None, tile_px: int, name: str
+) -> np.ndarray:
+    """``image`` resampled from ``mpp`` to ``target_mpp`` and cut into a centred grid of
+    ``tile_px`` crops, (N, tile_px, tile_px, 3). ``target_mpp`` None: the whole image resized
+    to ``tile_px`` (resolution not controlled)."""
+    h, w = image.shape[:2]
+    width, height, nx, ny = crop_layout(w, h, mpp, target_mpp, tile_px, name)
+    if (width, height) != (w, h):
+        image = np.asarray(Image.fromarray(image).resize((width, height), Image.BOX))
     x0, y0 = (width - nx * tile_px) // 2, (height - ny * tile_px) // 2
     crops = [
         image[y0 + j * tile_px : y0 + (j + 1) * tile_px, x0 + i * tile_px : x0 + (i + 1) * tile_px]
@@ -199,13 +207,28 @@ def crop_grid(
     return np.stack(crops)
 
 
+def crop_count(record: TileRecord, target_mpp: float | None, tile_px: int) -> int:
+    """How many crops a tile gives, from its header only (no pixels decoded)."""
+    try:
+        with Image.open(record.path) as image:
+            width, height = image.size
+    except (OSError, SyntaxError, ValueError) as err:
+        raise _unreadable(record.path, err) from None
+    _, _, nx, ny = crop_layout(width, height, record.mpp, target_mpp, tile_px, str(record.path))
+    return nx * ny
+
+
 def read_image(path: Path) -> np.ndarray:
     """RGB pixels of a tile image; a clear error for an unreadable file."""
     try:
         with Image.open(path) as image:
             return np.asarray(image.convert("RGB"))
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-        raise UsageError(f"{path}: cannot read the image ({err}); re-export or remove it") from None
+        raise _unreadable(path, err) from None
+
+
+def _unreadable(path: Path, err: Exception) -> UsageError:
+    return UsageError(f"{path}: cannot read the image ({err}); re-export or remove it")
 
 
 def tile_crops(record: TileRecord, target_mpp: float | None, tile_px: int) -> np.ndarray:

@@ -104,6 +104,13 @@ class TrainerConfig:
     log_every_n_steps: int = 10
     limit_train_batches: float | int = 1.0
     limit_val_batches: float | int = 1.0
+    monitor: str = "val/slide_balanced_accuracy"
+    """The validation metric that picks the best epoch (any logged ``val/...``: slide_auroc_macro,
+    loss, ...); ties go to the epoch with the lower validation loss."""
+    monitor_mode: str | None = None
+    """``max`` or ``min``; default: min for losses, max otherwise."""
+    early_stopping_patience: int | None = None
+    """Stop after this many validation epochs without a better selection score."""
 
 
 @dataclass
@@ -217,6 +224,12 @@ def config_problems(c: RunConfig) -> list[str]:
         ),
         (_batches_ok(t.limit_train_batches), "trainer.limit_train_batches: a count >= 1 or (0, 1]"),
         (_batches_ok(t.limit_val_batches), "trainer.limit_val_batches: a count >= 1 or (0, 1]"),
+        (t.monitor.startswith("val/"), "trainer.monitor must be a val/ metric, e.g. val/loss"),
+        (t.monitor_mode in (None, "min", "max"), "trainer.monitor_mode must be min or max"),
+        (
+            t.early_stopping_patience is None or t.early_stopping_patience >= 1,
+            "trainer.early_stopping_patience must be at least 1",
+        ),
     ]
     return [f"{message}" for ok, message in checks if not ok]
 

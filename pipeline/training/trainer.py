@@ -16,7 +16,44 @@ from pipeline.core.errors import UsageError
 from pipeline.training.config import RunConfig
 
 log = logging.getLogger(__name__)
-MONITOR = "val/slide_balanced_accuracy"
+SELECTION = "val/selection"
+TIE_BREAK = 1e-4
+"""Weight of the validation loss in the selection score: far below one step of a slide
+metric (1 / (2 x validation slides) for up to 5000 slides), so it only breaks ties."""
+
+
+def selection_score(metrics: dict[str, float], monitor: str, mode: str) -> float | None:
+    """The number the best checkpoint and early stopping follow: the monitored metric (higher
+    is better), ties broken by the lower validation loss. None when it was not logged."""
+    value = metrics.get(monitor)
+    if value is None:
+        return None
+    score = float(value) if mode == "max" else -float(value)
+    loss = metrics.get("val/loss")
+    if loss is not None and monitor != "val/loss":
+        score -= TIE_BREAK * float(loss)
+    return score
+
+
+def _selection_callback(monitor: str, mode: str):
+    """Adds ``val/selection`` to the epoch's metrics before checkpointing reads them."""
+    import pytorch_lightning as pl
+    import torch
+
+    class Selection(pl.Callback):
+        def on_validation_end(self, trainer, pl_module) -> None:
+            metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+            score = selection_score(metrics, monitor, mode)
+            if score is None:
+                if not trainer.sanity_checking:
+                    raise UsageError(
+                        f"trainer.monitor={monitor!r} was not logged; logged: "
+                        f"{', '.join(sorted(k for k in metrics if k.startswith('val/')))}"
+                    )
+                return
+            trainer.callback_metrics[SELECTION] = torch.tensor(score)
+
+    return Selection()
 
 
 @dataclass
@@ -62,17 +99,24 @@ def check_accelerator(config: RunConfig) -> None:
 def make_trainer(config: RunConfig, run_dir: Path, progress: bool):
     """A Lightning trainer per ``config.trainer`` and the checkpoint callback it uses."""
     import pytorch_lightning as pl
-    from pytorch_lightning.callbacks import ModelCheckpoint
+    from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
     from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 
     t = config.trainer
+    mode = t.monitor_mode or ("min" if t.monitor.endswith("loss") else "max")
     checkpoint = ModelCheckpoint(
         dirpath=run_dir / "checkpoints",
-        monitor=MONITOR,
+        monitor=SELECTION,
         mode="max",
         save_last=True,
         filename="best-{epoch:03d}",
     )
+    callbacks = [_selection_callback(t.monitor, mode)]
+    if t.early_stopping_patience is not None:
+        callbacks.append(
+            EarlyStopping(SELECTION, patience=t.early_stopping_patience, mode="max", strict=False)
+        )
+    callbacks.append(checkpoint)
     trainer = pl.Trainer(
         max_epochs=t.max_epochs,
         accelerator=t.accelerator,
@@ -85,7 +129,7 @@ def make_trainer(config: RunConfig, run_dir: Path, progress: bool):
         limit_train_batches=t.limit_train_batches,
         limit_val_batches=t.limit_val_batches,
         logger=[CSVLogger(run_dir, name="logs"), TensorBoardLogger(run_dir, name="tb")],
-        callbacks=[checkpoint],
+        callbacks=callbacks,
         use_distributed_sampler=False,
         enable_progress_bar=progress,
         enable_model_summary=progress,
@@ -111,6 +155,7 @@ def write_model(
     from models.checkpoint import save_model
 
     metrics["best_checkpoint"] = str(checkpoint.best_model_path)
+    metrics["selection"] = {"score": SELECTION, "tie_break": f"- {TIE_BREAK} x val/loss"}
     metrics["best_score"] = (
         None if checkpoint.best_model_score is None else float(checkpoint.best_model_score)
     )
