@@ -100,7 +100,7 @@ def _run_embed(args: argparse.Namespace) -> int:
 
     config = load_config(args.config, args.overrides)
     paths = embed_run(config, progress=args.progress)
-    print(f"{len(paths)} slide(s) embedded in {config.features_dir()}")
+    print(f"{len(paths)} slide(s) or tile(s) embedded in {config.features_dir()}")
     return EXIT_OK
 
 

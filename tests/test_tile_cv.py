@@ -193,3 +193,17 @@ def test_cv_refuses_what_it_cannot_do(tmp_path):
                             "--data.classes=[a, b]"), folds=2, progress=False)  # fmt: skip
     with pytest.raises(UsageError, match=r"probe needs data\.tiles"):
         load_config("probe", ["--data.tiles=null", "--data.manifest=m.csv"])
+
+
+def test_embed_caches_what_train_then_reads(tmp_path):
+    tiles = _tiles(tmp_path / "tiles")
+    args = [f"--out={tmp_path / 'run'}", f"--data.tiles={tiles}", "--data.tile_mpp=0.5",
+            "--data.target_mpp=1.0", "--data.tile_px=64", "--data.one_vs_rest=leiomyosarcoma",
+            "--model.encoder=small_cnn", "--model.pretrained=false"]  # fmt: skip
+    assert main(["-q", "embed", "--config", "probe", *args]) == 0
+    cached = {p: p.stat().st_mtime_ns for p in (tmp_path / "run" / "features").rglob("*.npy")}
+    assert len(cached) == 18
+    assert main(["-q", "train", "--config", "probe", "--cv", "2", *args]) == 0
+    assert {p: p.stat().st_mtime_ns for p in cached} == cached  # nothing embedded again
+    with pytest.raises(UsageError, match="end-to-end"):
+        load_config("probe", [*args, "--model.kind=tile"])

@@ -110,7 +110,7 @@ def run_tile_cv(
         raise UsageError(f"--cv {folds}: needs 2 to {n_patients} folds ({n_patients} patients)")
     warnings = cohort_warnings(tiles, scheme, folds)
     features = embed_tile_set(
-        tiles, config.model, d.target_mpp, d.tile_px, _cache(config), d.batch_size, progress
+        tiles, config.model, d.target_mpp, d.tile_px, config.features_dir(), d.batch_size, progress
     )
     x, crop_tile = features.features, features.tile_index
     k, classes, seed = len(scheme.classes), list(scheme.classes), config.seed
@@ -145,11 +145,6 @@ def run_tile_cv(
     metrics_path = out / ("cv" if folds else "") / "metrics.json"
     write_text(metrics_path, json.dumps(summary, indent=2, default=float) + "\n")
     return CVResult(model_path, metrics_path, summary)
-
-
-def _cache(config: RunConfig) -> Path:
-    m = config.model
-    return Path(m.features_dir) if m.features_dir else Path(config.out) / "features"
 
 
 def _cross_validate(x, crop_tile, y, patients, k, folds, seed, classes):

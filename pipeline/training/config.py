@@ -202,6 +202,11 @@ def config_problems(c: RunConfig) -> list[str]:
         ),
         (m.kind in ("tile", "mil", "probe"), "model.kind must be tile, mil or probe"),
         (m.kind != "probe" or bool(d.tiles), "model.kind probe needs data.tiles (a tile set)"),
+        (
+            not d.tiles or m.kind == "probe",
+            "data.tiles (a tile dataset) trains model.kind: probe (frozen features); end-to-end "
+            "tile and MIL training read slides (data.manifest)",
+        ),
         (d.tile_mpp is None or d.tile_mpp > 0, "data.tile_mpp must be > 0 (µm per pixel)"),
         (
             m.kind == "mil" or m.aggregator in TILE_AGGREGATORS,

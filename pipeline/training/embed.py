@@ -118,8 +118,21 @@ def embed_slides(
 
 def embed_run(config: RunConfig, progress: bool = True) -> dict[str, Path]:
     """``fascicle embed``: tile the config's slides (resumable) and embed them into
-    ``config.features_dir()``."""
+    ``config.features_dir()``; or, with ``data.tiles``, cache the features of a tile dataset
+    there (as ``fascicle train`` with ``model.kind: probe`` reads them)."""
     from pipeline.training.datamodule import prepare_slides
+
+    d = config.data
+    if d.tiles:
+        from pipeline.tiles.tileset import read_tile_set
+        from pipeline.training.features import embed_tile_set
+
+        tiles = read_tile_set(d.tiles, d.tile_mpp)
+        found = embed_tile_set(
+            tiles, config.model, d.target_mpp, d.tile_px, config.features_dir(), d.batch_size,
+            progress,
+        )  # fmt: skip
+        return {str(r.path): found.cache for r in tiles.records}
 
     slides = prepare_slides(config, Path(config.out), progress=progress)
     encoder = build_encoder(config)
