@@ -136,12 +136,21 @@ def test_usage_errors_exit_2(tmp_path, block_tiff):
     assert main(["--version"]) == 0
 
 
-def test_cli_starts_fast_without_torch(tmp_path, cmu_svs):
+HEAVY = ("torch", "scipy.spatial", "pipeline.synth", "sklearn", "pipeline.viewer")
+
+
+@pytest.mark.parametrize(
+    "argv", [["--version"], ["tile", "--help"], ["view", "--help"], ["predict", "--help"], None]
+)
+def test_cli_starts_fast_without_heavy_imports(tmp_path, cmu_svs, argv):
+    argv = argv or ["-q", "tile", str(cmu_svs), "--out", str(tmp_path)]
     code = (
         "import sys; from pipeline.cli import main; "
-        f"rc = main(['-q', 'tile', {str(cmu_svs)!r}, '--out', {str(tmp_path)!r}]); "
-        "assert 'torch' not in sys.modules, 'tiling must not import torch'; sys.exit(rc)"
+        f"rc = main({argv!r}); "
+        f"heavy = [m for m in {HEAVY!r} if m in sys.modules]; "
+        "assert not heavy, f'imported {heavy}'; sys.exit(rc)"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
-    assert (tmp_path / "qc" / "cmu_small_region.png").exists()
+    if argv[0] == "-q":
+        assert (tmp_path / "qc" / "cmu_small_region.png").exists()
