@@ -8,7 +8,10 @@ from pipeline.ihc.knowledge import DEFAULT_PATH, load_knowledge
 
 def test_shipped_knowledge_base_is_complete_and_sourced():
     kb = load_knowledge()
-    assert len(kb.entities) == 13 and len(kb.markers) == 26
+    assert len(kb.entities) == 13 and len(kb.markers) == 37
+    assert all(kb.sources[(e, m)].startswith(("DATA", "ESTIMATE", "CONFLICTING")) for e in
+               kb.entities for m in ("BCL2", "CD99", "CK7", "SS18_SSX", "OLIG2"))  # fmt: skip
+    assert kb.resolve_marker("NKX3-1") == "NKX3_1" and kb.resolve_marker("LCA") == "CD45"
     assert np.isfinite(kb.p_positive).all()
     assert ((kb.p_positive >= 0) & (kb.p_positive <= 1)).all()
     assert all(kb.sources[(e, m)] for e in kb.entities for m in kb.markers)
@@ -36,8 +39,8 @@ def _broken(tmp_path, edit):
         (lambda d: d["likelihoods"]["leiomyosarcoma"]["desmin"].update(p=1.4), "not a probability"),
         (lambda d: d["likelihoods"]["leiomyosarcoma"].pop("SMA"), "no probability for SMA"),
         (
-            lambda d: d["likelihoods"]["leiomyosarcoma"].update(CD99={"p": 0.1}),
-            "unknown marker 'CD99'",
+            lambda d: d["likelihoods"]["leiomyosarcoma"].update(CD56={"p": 0.1}),
+            "unknown marker 'CD56'",
         ),
         (lambda d: d["groups"]["myogenic"]["markers"].append("Ki67"), "unknown marker 'Ki67'"),
         (
