@@ -8,7 +8,7 @@ from pipeline.ihc.knowledge import DEFAULT_PATH, load_knowledge
 
 def test_shipped_knowledge_base_is_complete_and_sourced():
     kb = load_knowledge()
-    assert len(kb.entities) == 13 and len(kb.markers) == 37
+    assert len(kb.entities) == 13 and len(kb.markers) == 40
     assert all(kb.sources[(e, m)].startswith(("DATA", "ESTIMATE", "CONFLICTING")) for e in
                kb.entities for m in ("BCL2", "CD99", "CK7", "SS18_SSX", "OLIG2"))  # fmt: skip
     assert kb.resolve_marker("NKX3-1") == "NKX3_1" and kb.resolve_marker("LCA") == "CD45"
