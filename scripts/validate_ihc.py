@@ -30,7 +30,7 @@ def main() -> int:
     prior = args.prior or kb.default_prior
     with open(args.csv, newline="") as fh:
         cases = list(csv.DictReader(fh))
-    top1 = top3 = confident_wrong = indeterminate = errors = 0
+    top1 = top3 = confident_wrong = indeterminate = unsettled = errors = 0
     for case in cases:
         try:
             panel = parse_panel(case["panel"], kb)
@@ -44,19 +44,22 @@ def main() -> int:
         top1 += ranked[0] == expected
         top3 += expected in ranked[:3]
         indeterminate += call.indeterminate
-        wrong = not call.indeterminate and call.entity != expected
+        settled = not call.entity_note  # a class called with its entity left open
+        unsettled += not call.indeterminate and not settled
+        wrong = not call.indeterminate and settled and call.entity != expected
         confident_wrong += wrong
         status = "INDETERMINATE" if call.indeterminate else ("WRONG" if wrong else "ok")
+        status += "" if settled or call.indeterminate else " (entity open)"
         print(
             f"{case['case_id']:<22} expected {expected:<26} top {ranked[0]:<26} "
             f"({made.differential.posterior.max():.2f}) rank {ranked.index(expected) + 1:>2} "
-            f"{status:<13} {panel.usage()}"
+            f"{status:<27} {panel.usage()}"
         )
     n = len(cases)
     print(
         f"\n{n} cases, prior {prior}: top-1 {top1}/{n} ({top1 / n:.0%}), top-3 {top3}/{n} "
-        f"({top3 / n:.0%}), indeterminate {indeterminate}, confident wrong {confident_wrong}, "
-        f"unreadable {errors}"
+        f"({top3 / n:.0%}), indeterminate {indeterminate}, class called with the entity left "
+        f"open {unsettled}, confident wrong {confident_wrong}, unreadable {errors}"
     )
     return 0
 

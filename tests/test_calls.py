@@ -85,6 +85,27 @@ def test_image_evidence_never_promotes_entities_the_model_cannot_see():
     assert all(made.differential.class_of(e) is not None for e in top[:1])
 
 
+@pytest.mark.parametrize(
+    ("panel", "settled", "entity"),
+    [
+        ("desmin+ h-caldesmon+ SMA+ EMA- PR- S100- STAT6-", True, "leiomyosarcoma"),
+        ("STAT6 nuclear positive, CD34+, EMA-", True, "solitary_fibrous_tumor"),
+        ("EMA positive, vimentin positive", False, None),  # IHC does not grade meningioma
+        ("vimentin+ CD99+ BCL2+ CD34-", False, None),  # several sarcomas fit
+    ],
+)
+def test_the_entity_within_a_called_class_is_settled_only_on_evidence(panel, settled, entity):
+    kb, config = load_knowledge(), CallConfig.load()
+    call = make_call(kb, config, parse_panel(panel, kb), None, "uniform").call
+    doc = call.doc()
+    assert doc["entity_settled"] is settled and bool(doc["entity_note"]) is not settled
+    assert 0 < doc["entity_probability"] <= doc["probability"] + 1e-9
+    if settled:
+        assert call.entity == entity
+    else:
+        assert f"not settled within {call.label}" in call.entity_note
+
+
 def test_partial_or_unknown_image_probabilities_are_errors():
     with pytest.raises(UsageError, match=r"sum to 0\.90"):
         _evidence({"leiomyosarcoma": 0.9})

@@ -270,15 +270,7 @@ def summarise(
         ],
     }
     if call is not None:
-        out["call"] = {
-            "label": call.text,
-            "leading": call.label,
-            "entity": call.entity,
-            "probability": round(call.probability, 6),
-            "indeterminate": call.indeterminate,
-            "reasons": call.reasons,
-            "outside_image_scope": call.outside_scope,
-        }
+        out["call"] = call.doc()
     return out
 
 
@@ -319,6 +311,8 @@ def format_summary(summary: dict) -> str:
             f"{status}: {call['leading']} ({call['probability']:.2f}), entity {call['entity']}"
         )
         lines += [f"  reason: {r}" for r in call["reasons"]]
+        if call.get("entity_note"):
+            lines.append(f"  {call['entity_note']}")
         lines.append("")
     if "markers_used" in summary:
         lines.append(f"IHC: {summary['markers_used']}")

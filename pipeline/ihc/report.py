@@ -164,6 +164,12 @@ COMPARTMENTS = frozenset(
         "membranes",
     ]
 )
+ADVERBS = frozenset(
+    {"weakly", "focally", "diffusely", "strongly", "moderately", "patchily", "partially",
+     "faintly", "intensely", "variably", "multifocally", "heterogeneously", "weak", "focal",
+     "diffuse", "strong", "moderate", "patchy", "partial", "faint", "intense", "variable"}
+)  # fmt: skip
+"""Words that can stand alone before "and" in "weakly and focally positive"."""
 QUALIFIERS = COMPARTMENTS | {
     *("only", "cells", "areas", "tumour", "tumor", "in", "of", "%", "clone", "intensity"),
     *("done", "performed", "available", "follow", "evaluable", "expression", "pattern"),
@@ -237,7 +243,13 @@ def split_fragments(text: str) -> list[str]:
     out.append(text[start:])
     pieces = []
     for part in out:
-        pieces += re.split(r"\s+and\s+", part.strip(), flags=re.I)
+        split = [p.strip() for p in re.split(r"\s+and\s+", part.strip(), flags=re.I)]
+        for j, piece in enumerate(split):  # "weakly and focally positive for X": one phrase
+            words = piece.split()
+            if j + 1 < len(split) and words and all(t.lower() in ADVERBS for t in words):
+                split[j + 1] = f"{piece} {split[j + 1]}"
+                split[j] = ""
+        pieces += split
     return [p.strip() for p in pieces if p.strip()]
 
 

@@ -76,10 +76,30 @@ class Call:
     indeterminate: bool
     reasons: list[str] = field(default_factory=list)
     outside_scope: bool = False
+    entity_probability: float | None = None
+    entity_note: str = ""
+    """Why the entity is not settled within its class (empty when it is)."""
 
     @property
     def text(self) -> str:
         return "indeterminate" if self.indeterminate else self.label
+
+    def doc(self) -> dict:
+        """The call as ``result.json`` and ``fascicle ihc --json`` write it."""
+        return {
+            "label": self.text,
+            "leading": self.label,
+            "entity": self.entity,
+            "probability": round(self.probability, 6),
+            "indeterminate": self.indeterminate,
+            "reasons": self.reasons,
+            "outside_image_scope": self.outside_scope,
+            "entity_probability": None
+            if self.entity_probability is None
+            else round(self.entity_probability, 6),
+            "entity_settled": not self.entity_note,
+            "entity_note": self.entity_note,
+        }
 
 
 def agreement(image_probs: dict[str, float], diff_ihc_only: Differential) -> float:
@@ -131,6 +151,8 @@ def decide(
                 f"image and IHC conflict (agreement {bc:.2f} < {config.min_agreement}): "
                 f"image favours {img_top}, IHC favours {ihc_top}"
             )
+    share = {diff.entities[i]: float(diff.posterior[i]) for i in members}
+    evidence = dict(diff.evidence_ranking(len(diff.entities)))
     return Call(
         label=label,
         entity=entity,
@@ -138,6 +160,35 @@ def decide(
         indeterminate=bool(reasons),
         reasons=reasons,
         outside_scope=diff.class_of(entity) is None,
+        entity_probability=share[entity],
+        entity_note=_entity_note(share, {e: evidence[e] for e in share}, label, config),
+    )
+
+
+def _entity_note(
+    share: dict[str, float], evidence: dict[str, float], label: str, config: CallConfig
+) -> str:
+    """Why the leading entity is not settled within its class (empty when it is): its share
+    of the class is under ``min_probability``, or the evidence alone (no prior) does not put
+    it there, so the prior chose it. The class is one call; its entities (meningioma grades,
+    sarcoma types) the image cannot tell apart and the IHC may not."""
+    if len(share) < 2:
+        return ""
+    ranked = sorted(share.items(), key=lambda kv: -kv[1])
+    leader = ranked[0][0]
+    within = share[leader] / max(sum(share.values()), 1e-12)
+    by_evidence = evidence[leader] / max(sum(evidence.values()), 1e-12)
+    if min(within, by_evidence) >= config.min_probability:
+        return ""
+    listing = ", ".join(f"{e} {p:.2f}" for e, p in ranked[:3])
+    why = (
+        f"{within:.0%} of the class"
+        if within < config.min_probability
+        else f"{by_evidence:.0%} of the class by the evidence alone: the prior chose it"
+    )
+    return (
+        f"entity not settled within {label}: {listing} ({why}, under "
+        f"{config.min_probability:.0%}); order the suggested stains"
     )
 
 
@@ -197,16 +248,7 @@ class SlideCall:
         return self.differential is not None
 
     def call_doc(self) -> dict:
-        c = self.call
-        return {
-            "label": c.text,
-            "leading": c.label,
-            "entity": c.entity,
-            "probability": round(c.probability, 6),
-            "indeterminate": c.indeterminate,
-            "reasons": c.reasons,
-            "outside_image_scope": c.outside_scope,
-        }
+        return self.call.doc()
 
     def summary(self, top: int = 5) -> dict:
         """JSON-ready: with IHC, ranked entities, class posteriors, evidence, next stains and

@@ -174,6 +174,8 @@ def _slide_section(out: Path, r: SlideResult) -> list[str]:
         f"{q.tissue_mm2:.2f} mm² tissue, "
         f"{q.mpp:.3g} µm/px from {e(q.mpp_source)}</p>"
     )
+    if c.entity_note:
+        parts.append(f"<p class='indeterminate'>{e(c.entity_note)}</p>")
     parts.append(f"<div class='imgs'>{_img(folder / 'qc.png')}{_img(folder / 'heatmap.png')}</div>")
     parts.append(_legend(r))
     if r.differential:

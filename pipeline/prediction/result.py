@@ -33,6 +33,11 @@ class CallDoc:
     prediction_set: list[str] | None = None
     """Split-conformal set of classes (``--coverage``), most probable first."""
     coverage: float | None = None
+    entity_probability: float | None = None
+    entity_settled: bool = True
+    """False when the class is called but its entities (grades, sarcoma types) are not told
+    apart; ``entity_note`` says which and how close."""
+    entity_note: str = ""
 
 
 @dataclass

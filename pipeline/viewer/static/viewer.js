@@ -201,6 +201,7 @@ function showResult(info) {
   line.appendChild(el("b", c.indeterminate ? "indeterminate" : pretty(c.label)));
   line.append(` — leading ${pretty(c.leading)} ${c.probability.toFixed(2)}; entity ${c.entity_name || pretty(c.entity)}`);
   call.appendChild(line);
+  if (c.entity_note) call.appendChild(el("p", c.entity_note, "indeterminate"));
   if (c.reasons.length) {
     const ul = el("ul");
     for (const reason of c.reasons) ul.appendChild(el("li", reason, "indeterminate"));
