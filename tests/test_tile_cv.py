@@ -154,6 +154,10 @@ def test_cv_on_separable_tiles_then_predict_with_the_model(tmp_path, tiny_cohort
                  "--out", str(out), "--workers", "0"]) == 0  # fmt: skip
     doc = json.loads((out / "slides" / slide.stem / "result.json").read_text())
     assert set(doc["image"]["probabilities"]) == {"leiomyosarcoma", "not_leiomyosarcoma"}
+    # with an out-of-distribution detector on the encoder's features: slide tissue is nothing
+    # like the colour-blob tiles it learnt from, and the call says so
+    assert meta.ood["threshold_from"] == "out-of-fold crops"
+    assert doc["qc"]["ood_fraction"] > 0.5 and doc["call"]["indeterminate"]
     # and is gated on a tile dataset as CI would (here its own tiles: plumbing, not merit)
     code = main(["evaluate", "--model", str(result.model_path), "--tiles", str(tmp_path / "tiles"),
                  "--tile-mpp", "0.5", "--out", str(tmp_path / "eval"), "--bootstrap", "20",

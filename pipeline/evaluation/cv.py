@@ -123,9 +123,13 @@ def run_tile_cv(
         "crops": len(x),
         "tiles": len(tiles.records),
     }
-    temperature = 1.0
+    temperature, quantile = 1.0, config.model.ood_quantile
+    detector, scores = _ood_scores(x, y[crop_tile], x, k)  # in-sample unless CV gives better
+    ood_from = "training crops (in-sample: no cross-validation)"
     if folds:
-        oof, fold_docs = _cross_validate(x, crop_tile, y, patients, k, folds, seed, classes)
+        oof, fold_docs, scores = _cross_validate(x, crop_tile, y, patients, k, folds, seed,
+                                                 classes)  # fmt: skip
+        ood_from = "out-of-fold crops"
         temperature = fit_temperature(oof, y)
         calibrated = apply_temperature(oof, temperature)
         pos = scheme.positive_index
@@ -138,18 +142,40 @@ def run_tile_cv(
         _write_predictions(cv_dir, tiles, y, calibrated, fold_docs, classes)
     final = fit_probe(x, y[crop_tile], patients[crop_tile], k, seed)
     summary["final"] = {"C": final.c, "chosen_by": final.chosen_by}
+    ood = {
+        "method": "mahalanobis",
+        "dim": int(x.shape[1]),
+        "quantile": quantile,
+        "threshold": float(np.quantile(scores, quantile)),
+        "n_train_tiles": len(x),
+        "n_val_tiles": len(scores),
+        "threshold_from": ood_from,
+    }
+    summary["ood"] = ood
     model_path = export_probe(
         out / "model.ckpt", final, config, features, [r.label for r in tiles.records],
-        temperature, {"cv_folds": folds},
+        temperature, {"cv_folds": folds}, (detector, ood),
     )  # fmt: skip
     metrics_path = out / ("cv" if folds else "") / "metrics.json"
     write_text(metrics_path, json.dumps(summary, indent=2, default=float) + "\n")
     return CVResult(model_path, metrics_path, summary)
 
 
+def _ood_scores(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, k: int):
+    """Mahalanobis scores of ``test_x`` under a detector fitted on the training crops."""
+    import torch
+
+    from models.ood import MahalanobisOOD
+
+    detector = MahalanobisOOD.fit(train_x, train_y, k)
+    with torch.no_grad():
+        return detector, detector(torch.as_tensor(test_x)).numpy()
+
+
 def _cross_validate(x, crop_tile, y, patients, k, folds, seed, classes):
     splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
     oof = np.zeros((len(y), k))
+    ood = np.zeros(len(x))
     docs = []
     for fold, (train, test) in enumerate(splitter.split(np.zeros(len(y)), y, patients)):
         in_train = np.isin(crop_tile, train)
@@ -157,6 +183,7 @@ def _cross_validate(x, crop_tile, y, patients, k, folds, seed, classes):
         probe = fit_probe(x[in_train], y[crop_tile[in_train]], patients[crop_tile[in_train]], k,
                           seed)  # fmt: skip
         oof[test] = _tile_means(probe.probs(x[in_test]), crop_tile[in_test], test)
+        ood[in_test] = _ood_scores(x[in_train], y[crop_tile[in_train]], x[in_test], k)[1]
         docs.append(
             {
                 "fold": fold,
@@ -168,7 +195,7 @@ def _cross_validate(x, crop_tile, y, patients, k, folds, seed, classes):
                 "test_tiles": test.tolist(),
             }
         )
-    return oof, docs
+    return oof, docs, ood
 
 
 def _patient_level(out, probs, y, patients, classes, n_boot, pos) -> dict | None:

@@ -111,8 +111,11 @@ def export_probe(
     labels: list[str],
     temperature: float = 1.0,
     extra: dict | None = None,
+    ood: tuple | None = None,
 ):
-    """Write the encoder and the probe as a fascicle tile model at ``path``."""
+    """Write the encoder and the probe as a fascicle tile model at ``path``; ``ood``: a fitted
+    ``MahalanobisOOD`` on the encoder's features and its settings, so predictions flag tissue
+    unlike the training tiles."""
     from models.checkpoint import save_model
     from models.meta import ModelMeta
     from models.tile_classifier import TileClassifier
@@ -143,9 +146,12 @@ def export_probe(
         package_version=__version__,
         seed=config.seed,
         extra={"recipe": "linear probe", "probe_c": probe.c, **(extra or {})},
+        ood=ood[1] if ood else None,
     )
     torch.manual_seed(0)  # the same random-init encoder the features came from (tests)
     model = TileClassifier(meta)
     state = model.state_dict() | probe_head(probe, model.feature_dim)
+    if ood:
+        state |= {f"ood.{k}": v for k, v in ood[0].state_dict().items()}
     model.load_state_dict(state)
     return save_model(path, model, meta)
