@@ -96,6 +96,11 @@ def run_tile_cv(
     d, scheme, out = config.data, config.scheme(), Path(config.out)
     if not d.tiles:
         raise UsageError("--cv needs a tile dataset: set data.tiles to a tile CSV or folder")
+    if config.model.kind != "probe":
+        raise UsageError(
+            f"--cv cross-validates the linear probe on frozen features (model.kind: probe); "
+            f"model.kind {config.model.kind} trains once on the tile set's splits"
+        )
     tiles = read_tile_set(d.tiles, d.tile_mpp)
     unknown = sorted({r.label for r in tiles.records if scheme.class_of(r.label) is None})
     if unknown:

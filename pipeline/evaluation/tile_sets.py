@@ -12,36 +12,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from torch.utils.data import Dataset
 
 from pipeline.core.atomic import write_text
 from pipeline.core.batch import csv_text
 from pipeline.core.errors import UsageError
 from pipeline.evaluation.metrics_report import report_level
-from pipeline.tiles.tileset import TileRecord, crop_count, read_tile_set, tile_crops
-
-
-class CropDataset(Dataset):
-    """Every crop of every tile, in order (``slide`` is the tile's index); a tile's crops are
-    cut once and served from memory while the loader walks through them."""
-
-    def __init__(self, records: list[TileRecord], target_mpp: float, tile_px: int, transform):
-        self.records, self.target_mpp, self.tile_px = records, target_mpp, tile_px
-        self.transform = transform
-        self.index = [
-            (i, j) for i, r in enumerate(records) for j in range(crop_count(r, target_mpp, tile_px))
-        ]
-        self._held: tuple[int, np.ndarray | None] = (-1, None)
-
-    def __len__(self) -> int:
-        return len(self.index)
-
-    def __getitem__(self, n: int) -> dict:
-        i, j = self.index[n]
-        if self._held[0] != i:
-            self._held = (i, tile_crops(self.records[i], self.target_mpp, self.tile_px))
-        image = self.transform(image=self._held[1][j])["image"]
-        return {"image": image, "label": 0, "slide": i}
+from pipeline.tiles.tileset import CropDataset, read_tile_set
 
 
 def evaluate_tile_set(
@@ -63,7 +39,7 @@ def evaluate_tile_set(
     transform = build_transform(AugmentConfig(), meta.mean, meta.std, False, meta.macenko)
     dataset = CropDataset(tiles.records, meta.target_mpp, meta.tile_px, transform)
     run = run_tiles(model.forward_tiles, dataset, ["probs"], batch_size)
-    owner = np.array([i for i, _ in dataset.index])
+    owner = dataset.items[:, 0]
     probs = np.stack(
         [
             apply_temperature(

@@ -234,3 +234,48 @@ def _unreadable(path: Path, err: Exception) -> UsageError:
 def tile_crops(record: TileRecord, target_mpp: float | None, tile_px: int) -> np.ndarray:
     """The crops of one tile at the model's resolution and size."""
     return crop_grid(read_image(record.path), record.mpp, target_mpp, tile_px, str(record.path))
+
+
+class CropDataset:
+    """Every crop of the given tiles, as the inference runner and training loaders take them:
+    items ``(tile index, crop index)``; ``slide`` is the tile's index and ``label`` its class
+    (``labels``, or 0). The crops of the last few tiles read are kept, so walking a tile's
+    crops in order decodes it once."""
+
+    keep_tiles = 8
+
+    def __init__(
+        self,
+        records: list[TileRecord],
+        target_mpp: float | None,
+        tile_px: int,
+        transform,
+        labels: list[int] | None = None,
+        tiles: list[int] | None = None,
+        most_per_tile: int | None = None,
+    ):
+        self.records, self.target_mpp, self.tile_px = records, target_mpp, tile_px
+        self.transform, self.labels = transform, labels
+        chosen = range(len(records)) if tiles is None else tiles
+        pairs = [
+            (i, j)
+            for i in chosen
+            for j in range(crop_count(records[i], target_mpp, tile_px))[:most_per_tile]
+        ]
+        self.items = np.array(pairs, np.int64).reshape(-1, 2)
+        self._held: dict[int, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def crops(self, i: int) -> np.ndarray:
+        if i not in self._held:
+            if len(self._held) >= self.keep_tiles:
+                self._held.pop(next(iter(self._held)))
+            self._held[i] = tile_crops(self.records[i], self.target_mpp, self.tile_px)
+        return self._held[i]
+
+    def __getitem__(self, n: int) -> dict:
+        i, j = (int(v) for v in self.items[n])
+        image = self.transform(image=self.crops(i)[j])["image"]
+        return {"image": image, "label": self.labels[i] if self.labels else 0, "slide": i}

@@ -84,7 +84,6 @@ def finish_tile_model(model, meta: ModelMeta, datamodule, config) -> dict:
     ``model``); returns the validation metrics."""
     from models.metrics import slide_metrics
     from models.ood import fit_detector
-    from pipeline.tiles.dataset import TileDataset, eval_items
     from pipeline.tiles.runner import run_tiles
 
     d = config.data
@@ -103,11 +102,9 @@ def finish_tile_model(model, meta: ModelMeta, datamodule, config) -> dict:
     )
     calibrated = apply_temperature(slide_probs, meta.temperature)
     meta.conformal_scores = conformal_scores(calibrated, labels)
-    train = datamodule.indices("train")
-    items = eval_items(datamodule.slides, train, OOD_TRAIN_TILES_PER_SLIDE)
-    train_set = TileDataset(datamodule.slides, items, datamodule.eval_transform, d.backend)
+    train_set = datamodule.ood_train_dataset(OOD_TRAIN_TILES_PER_SLIDE)
     train_run = run_tiles(model.forward_tiles, train_set, ["features"], d.batch_size)
-    train_labels = np.array([datamodule.slides[s].label for s in items[:, 0]])
+    train_labels = np.array([datamodule.slides[s].label for s in train_set.items[:, 0]])
     model.ood, meta.ood = fit_detector(
         train_run.outputs["features"][train_run.readable],
         train_labels[train_run.readable],

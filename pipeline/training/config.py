@@ -203,11 +203,15 @@ def config_problems(c: RunConfig) -> list[str]:
         (m.kind in ("tile", "mil", "probe"), "model.kind must be tile, mil or probe"),
         (m.kind != "probe" or bool(d.tiles), "model.kind probe needs data.tiles (a tile set)"),
         (
-            not d.tiles or m.kind == "probe",
-            "data.tiles (a tile dataset) trains model.kind: probe (frozen features); end-to-end "
-            "tile and MIL training read slides (data.manifest)",
+            not d.tiles or m.kind in ("probe", "tile"),
+            "data.tiles (a tile dataset) trains model.kind probe or tile; MIL reads slides",
         ),
         (d.tile_mpp is None or d.tile_mpp > 0, "data.tile_mpp must be > 0 (µm per pixel)"),
+        (
+            not (d.tiles and d.manifest),
+            "set data.manifest (slides) or data.tiles (a tile dataset), not both "
+            "(--data.manifest='' clears a built-in config's manifest)",
+        ),
         (
             m.kind == "mil" or m.aggregator in TILE_AGGREGATORS,
             f"model.aggregator must be one of {', '.join(TILE_AGGREGATORS)}",

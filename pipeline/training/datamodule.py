@@ -249,6 +249,11 @@ class TileDataModule(pl.LightningDataModule):
         items = eval_items(self.slides, self.indices(split), d.eval_tiles_per_slide)
         return TileDataset(self.slides, items, self.eval_transform, d.backend)
 
+    def ood_train_dataset(self, per_slide: int) -> TileDataset:
+        """Training tiles the out-of-distribution detector is fitted on."""
+        items = eval_items(self.slides, self.indices("train"), per_slide)
+        return TileDataset(self.slides, items, self.eval_transform, self.config.data.backend)
+
     def val_dataloader(self) -> DataLoader:
         dataset = self.eval_dataset("val")
         return self._loader(dataset, ShardSampler(len(dataset)))

@@ -82,7 +82,7 @@ def train_mil(config: RunConfig, run_dir: Path, progress: bool = True) -> TrainR
     )
     meta = ModelMeta(
         kind="mil",
-        **scheme_fields(config.scheme(), slides),
+        **scheme_fields(config.scheme(), [s.entry.label for s in slides]),
         target_mpp=d.target_mpp,
         tile_px=d.tile_px,
         min_tissue=d.min_tissue,

@@ -45,17 +45,28 @@ def train(config: RunConfig, progress: bool = True) -> TrainResult | None:
 
 
 def _train_tiles(config: RunConfig, run_dir: Path, progress: bool) -> TrainResult | None:
+    """A tile classifier, end to end, on slides (``data.manifest``) or on a tile dataset
+    (``data.tiles``: each tile image plays a slide's part)."""
     from models.backbones import build_backbone
     from models.tile_classifier import TileClassifier
     from pipeline.tiles.augment import Macenko, build_transform
-    from pipeline.tiles.dataset import sample_tiles
-    from pipeline.training.datamodule import TileDataModule, prepare_slides, write_splits
 
     d, m, o, scheme = config.data, config.model, config.optim, config.scheme()
-    slides = prepare_slides(config, run_dir, progress)
-    write_splits(run_dir / "splits.csv", slides)
+    if d.tiles:
+        from pipeline.training.tileset_data import TileSetDataModule, prepare_tile_groups
+
+        groups = prepare_tile_groups(config)
+        source, labels = d.tiles, [g.record.label for g in groups]
+        sample = _tile_set_sample(groups, config)
+    else:
+        from pipeline.tiles.dataset import sample_tiles
+        from pipeline.training.datamodule import TileDataModule, prepare_slides, write_splits
+
+        groups = prepare_slides(config, run_dir, progress)
+        write_splits(run_dir / "splits.csv", groups)
+        source, labels = d.manifest, [s.entry.label for s in groups]
+        sample = sample_tiles(groups, 256, config.seed, d.backend)
     _, _, mean, std = build_backbone(m.backbone, m.pretrained, m.weights_path, m.weights_partial)
-    sample = sample_tiles(slides, 256, config.seed, d.backend)
     macenko = (
         Macenko().fit(sample).state() if config.augment.stain_normalisation == "macenko" else None
     )
@@ -63,11 +74,11 @@ def _train_tiles(config: RunConfig, run_dir: Path, progress: bool) -> TrainResul
         pixels = np.concatenate([t.reshape(-1, 3) for t in sample]) / 255.0
         mean, std = pixels.mean(0).tolist(), np.maximum(pixels.std(0), 1e-3).tolist()
     train_counts = np.bincount(
-        [s.label for s in slides if s.split == "train"], minlength=len(scheme.classes)
+        [g.label for g in groups if g.split == "train"], minlength=len(scheme.classes)
     )
     meta = ModelMeta(
         kind="tile",
-        **scheme_fields(scheme, slides),
+        **scheme_fields(scheme, labels),
         target_mpp=d.target_mpp,
         tile_px=d.tile_px,
         min_tissue=d.min_tissue,
@@ -91,14 +102,15 @@ def _train_tiles(config: RunConfig, run_dir: Path, progress: bool) -> TrainResul
         lr=o.lr,
         weight_decay=o.weight_decay,
         warmup_epochs=o.warmup_epochs,
-        manifest_sha256=file_sha256(d.manifest),
+        manifest_sha256=file_sha256(source) if Path(source).is_file() else None,
         package_version=__version__,
         seed=config.seed,
     )
     model = TileClassifier(meta)
-    datamodule = TileDataModule(
+    module = TileSetDataModule if d.tiles else TileDataModule
+    datamodule = module(
         config,
-        slides,
+        groups,
         build_transform(config.augment, meta.mean, meta.std, True, macenko, config.seed),
         build_transform(config.augment, meta.mean, meta.std, False, macenko),
     )
@@ -109,3 +121,18 @@ def _train_tiles(config: RunConfig, run_dir: Path, progress: bool) -> TrainResul
     model.load_state_dict(best_state(checkpoint, model))
     metrics = finish_tile_model(model, meta, datamodule, config)
     return write_model(run_dir, model, meta, metrics, checkpoint)
+
+
+def _tile_set_sample(groups, config: RunConfig, n: int = 256) -> list[np.ndarray]:
+    """Up to ``n`` training crops (statistics and stain reference), spread over the tiles."""
+    from pipeline.tiles.tileset import tile_crops
+
+    d = config.data
+    train = [g.record for g in groups if g.split == "train"]
+    rng = np.random.default_rng(config.seed)
+    crops: list[np.ndarray] = []
+    for i in rng.permutation(len(train)):
+        crops += list(tile_crops(train[i], d.target_mpp, d.tile_px))
+        if len(crops) >= n:
+            break
+    return crops[:n]

@@ -70,10 +70,10 @@ class TrainResult:
         )
 
 
-def scheme_fields(scheme, slides) -> dict:
+def scheme_fields(scheme, labels) -> dict:
     """The class scheme as model metadata: classes, the labels seen in training folded into
     them, the positive class, and the balance the class-balanced sampler trains at."""
-    seen = {s.entry.label for s in slides if s.entry.label}
+    seen = {x for x in labels if x}
     label_map = {k: scheme.class_of(k) for k in sorted(seen) if k not in scheme.classes}
     return {
         "classes": list(scheme.classes),

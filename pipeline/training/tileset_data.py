@@ -1,0 +1,107 @@
+"""End-to-end training on a tile dataset: each tile image plays the part a slide plays in
+slide training (its crops are its tiles; validation metrics aggregate a tile's crops), splits
+group patients, and every epoch draws class-balanced crops.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, WeightedRandomSampler
+
+from pipeline.core.errors import ManifestError
+from pipeline.tiles.dataset import collate, worker_init
+from pipeline.tiles.tileset import CropDataset, TileRecord, read_tile_set
+from pipeline.training.config import RunConfig
+from pipeline.training.datamodule import ShardSampler, assign_splits
+from pipeline.wsi.manifest import SlideEntry
+
+
+@dataclass
+class TileGroup:
+    """One tile image in training: its record, class index and split."""
+
+    record: TileRecord
+    label: int
+    split: str
+
+
+def prepare_tile_groups(config: RunConfig) -> list[TileGroup]:
+    """The tile set's tiles with their classes and patient-grouped splits (the CSV's split
+    column when every row has one); every problem reported at once."""
+    d, scheme = config.data, config.scheme()
+    tiles = read_tile_set(d.tiles, d.tile_mpp)
+    entries = [
+        SlideEntry(str(i), r.path, r.label, r.patient_id, r.split)
+        for i, r in enumerate(tiles.records)
+    ]
+    splits = assign_splits(entries, scheme.classes, d.val_fraction, d.test_fraction, config.seed)
+    groups = [
+        TileGroup(r, scheme.index_of(r.label), splits[str(i)]) for i, r in enumerate(tiles.records)
+    ]
+    problems = [f"{g.record.path}: label {g.record.label!r} is no class" for g in groups
+                if g.label < 0]  # fmt: skip
+    for i, c in enumerate(scheme.classes):
+        if not any(g.label == i and g.split == "train" for g in groups):
+            problems.append(
+                f"class {c!r} has no training tile ({scheme.describe_labels()}; set data.classes,"
+                " data.label_map or data.one_vs_rest)"
+            )
+    if not any(g.split == "val" for g in groups):
+        problems.append("no validation patient (give a split column, or data.val_fraction > 0)")
+    if problems:
+        raise ManifestError(Path(d.tiles), problems)
+    return groups
+
+
+class TileSetDataModule(pl.LightningDataModule):
+    """Train / val loaders over a tile set's crops (the interface of ``TileDataModule``)."""
+
+    def __init__(self, config: RunConfig, groups: list[TileGroup], train_transform, eval_transform):
+        super().__init__()
+        self.config, self.slides = config, groups
+        self.train_transform, self.eval_transform = train_transform, eval_transform
+        self.records = [g.record for g in groups]
+        self.labels = [g.label for g in groups]
+
+    def indices(self, split: str) -> list[int]:
+        return [i for i, g in enumerate(self.slides) if g.split == split]
+
+    def _crops(self, split: str, transform, most_per_tile: int | None = None) -> CropDataset:
+        d = self.config.data
+        return CropDataset(self.records, d.target_mpp, d.tile_px, transform, self.labels,
+                           self.indices(split), most_per_tile)  # fmt: skip
+
+    def eval_dataset(self, split: str) -> CropDataset:
+        return self._crops(split, self.eval_transform)
+
+    def ood_train_dataset(self, per_tile: int) -> CropDataset:
+        return self._crops("train", self.eval_transform, per_tile)
+
+    def _loader(self, dataset: CropDataset, sampler) -> DataLoader:
+        d = self.config.data
+        return DataLoader(
+            dataset,
+            batch_size=d.batch_size,
+            sampler=sampler,
+            num_workers=d.num_workers,
+            collate_fn=collate,
+            worker_init_fn=worker_init,
+            persistent_workers=d.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        dataset = self._crops("train", self.train_transform)
+        labels = np.array([self.labels[i] for i in dataset.items[:, 0]])
+        weights = 1.0 / np.bincount(labels)[labels]
+        generator = torch.Generator().manual_seed(self.config.seed)  # fresh draws each epoch
+        sampler = WeightedRandomSampler(weights.tolist(), len(dataset), generator=generator)
+        return self._loader(dataset, sampler)
+
+    def val_dataloader(self) -> DataLoader:
+        dataset = self.eval_dataset("val")
+        return self._loader(dataset, ShardSampler(len(dataset)))
