@@ -100,17 +100,23 @@ def prepare_slides(config: RunConfig, run_dir: Path, progress: bool = True) -> l
         spec = TileSpec.from_attrs(attrs)
         label = scheme.index_of(entry.label)
         slides.append(SlideTiles(entry, label, splits[entry.slide_id], coords, spec))
-    for i, c in enumerate(scheme.classes):
-        if not any(s.label == i and s.split == "train" for s in slides):
-            problems.append(
-                f"class {c!r} has no training slide ({scheme.describe_labels()}; set "
-                "data.classes, data.label_map or data.one_vs_rest to match the manifest's labels)"
-            )
-    if not any(s.split == "val" for s in slides):
-        problems.append("no validation slide (set split=val for some, or data.val_fraction > 0)")
+    problems += split_problems(slides, scheme, "slide")
     if problems:
         raise ManifestError(d.manifest, problems)
     return slides
+
+
+def split_problems(groups, scheme, unit: str) -> list[str]:
+    """A class without a training ``unit`` (slide or tile), or no validation one."""
+    problems = [
+        f"class {c!r} has no training {unit} ({scheme.describe_labels()}; set data.classes, "
+        "data.label_map or data.one_vs_rest to match the labels)"
+        for i, c in enumerate(scheme.classes)
+        if not any(g.label == i and g.split == "train" for g in groups)
+    ]
+    if not any(g.split == "val" for g in groups):
+        problems.append(f"no validation {unit} (give some split=val, or set data.val_fraction > 0)")
+    return problems
 
 
 def _dist() -> tuple[int, int]:

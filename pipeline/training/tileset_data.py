@@ -17,7 +17,7 @@ from pipeline.core.errors import ManifestError
 from pipeline.tiles.dataset import collate, worker_init
 from pipeline.tiles.tileset import CropDataset, TileRecord, read_tile_set
 from pipeline.training.config import RunConfig
-from pipeline.training.datamodule import ShardSampler, assign_splits
+from pipeline.training.datamodule import ShardSampler, assign_splits, split_problems
 from pipeline.wsi.manifest import SlideEntry
 
 
@@ -45,14 +45,7 @@ def prepare_tile_groups(config: RunConfig) -> list[TileGroup]:
     ]
     problems = [f"{g.record.path}: label {g.record.label!r} is no class" for g in groups
                 if g.label < 0]  # fmt: skip
-    for i, c in enumerate(scheme.classes):
-        if not any(g.label == i and g.split == "train" for g in groups):
-            problems.append(
-                f"class {c!r} has no training tile ({scheme.describe_labels()}; set data.classes,"
-                " data.label_map or data.one_vs_rest)"
-            )
-    if not any(g.split == "val" for g in groups):
-        problems.append("no validation patient (give a split column, or data.val_fraction > 0)")
+    problems += split_problems(groups, scheme, "tile")
     if problems:
         raise ManifestError(Path(d.tiles), problems)
     return groups
