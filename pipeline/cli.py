@@ -238,7 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
 
     p = verb("export-tiles", _run_export_tiles, "labelled held-out tiles to a tile bank (.h5)")
-    p.add_argument("--manifest", type=Path, required=True)
+    p.add_argument("--manifest", type=Path, required=True, help="slide manifest or tile set")
+    p.add_argument("--tile-mpp", type=positive_float, help="µm/px of tiles without an mpp")
     p.add_argument("--out", type=Path, required=True, help="bank file, e.g. bank.h5")
     p.add_argument("--model", type=Path, help="take tile px and mpp from this model")
     p.add_argument("--tile-px", type=at_least(16), default=224)

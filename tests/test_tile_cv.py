@@ -169,6 +169,14 @@ def test_cv_on_separable_tiles_then_predict_with_the_model(tmp_path, tiny_cohort
     assert set(metrics["levels"]) == {"tile", "patient"} and metrics["gate"]["level"] == "tile"
     with open(tmp_path / "eval" / "predictions.csv") as fh:
         assert {r["crops"] for r in csv.DictReader(fh)} == {"1"}  # 160 px at 0.5 -> 80 at 1.0
+    # or frozen into a tile bank first, as CI assets are
+    bank = tmp_path / "bank.h5"
+    assert main(["-q", "export-tiles", "--manifest", str(tmp_path / "tiles"), "--tile-mpp",
+                 "0.5", "--model", str(result.model_path), "--out", str(bank)]) == 0  # fmt: skip
+    code = main(["evaluate", "--model", str(result.model_path), "--tiles", str(bank),
+                 "--out", str(tmp_path / "eval_bank"), "--bootstrap", "0",
+                 "--min-auroc", "0.9"])  # fmt: skip
+    assert code == 0
 
 
 def test_cv_with_a_pretrained_encoder_from_a_wheel_on_real_tiles(osteo, tmp_path):

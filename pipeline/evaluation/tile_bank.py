@@ -19,6 +19,41 @@ from pipeline.tiles.tileset import is_tile_set
 from pipeline.wsi.manifest import held_out, read_manifest
 
 
+class _BankWriter:
+    """Appends labelled tiles to an open ``.h5`` tile bank, block by block."""
+
+    def __init__(self, f, tile_px: int):
+        self.f = f
+        self.images = f.create_dataset(
+            "images",
+            (0, tile_px, tile_px, 3),
+            np.uint8,
+            maxshape=(None, tile_px, tile_px, 3),
+            chunks=(16, tile_px, tile_px, 3),
+        )
+        self.meta: dict[str, list] = {"label": [], "slide_id": [], "patient_id": [], "xy": []}
+
+    def add(self, block: np.ndarray, label: int, slide_id: str, patient_id: str, xy) -> None:
+        start = self.images.shape[0]
+        self.images.resize(start + len(block), axis=0)
+        self.images[start:] = block
+        self.meta["label"] += [label] * len(block)
+        self.meta["slide_id"] += [slide_id] * len(block)
+        self.meta["patient_id"] += [patient_id] * len(block)
+        self.meta["xy"] += [list(v) for v in xy]
+
+    def finish(self, attrs: dict) -> None:
+        import h5py
+
+        self.f.create_dataset("labels", data=np.array(self.meta["label"], np.int64))
+        for key in ("slide_id", "patient_id"):
+            data = np.array(self.meta[key], dtype=object)
+            self.f.create_dataset(key, data=data, dtype=h5py.string_dtype())
+        xy = np.array(self.meta["xy"], np.int64).reshape(-1, 2)
+        self.f.create_dataset("coords", data=xy)
+        self.f.attrs.update({**attrs, "format": "fascicle-tile-bank"})
+
+
 def export_tiles(
     manifest: Path,
     out: Path,
@@ -30,21 +65,29 @@ def export_tiles(
     seed: int = 0,
     progress: bool = True,
     model: Path | None = None,
+    tile_mpp: float | None = None,
 ) -> Path:
     """Write labelled tiles of held-out slides to one ``.h5`` tile bank (bounded memory:
-    tiles are written slide by slide). With ``model``, its tile px, mpp and min tissue win."""
+    tiles are written slide by slide). With ``model``, its tile px, mpp and min tissue win.
+    ``manifest`` may also be a tile dataset (CSV or folder; ``tile_mpp`` for tiles without an
+    mpp column): its tiles' crops at the bank's resolution, a tile standing for a slide."""
     import h5py
     from tqdm import tqdm
-
-    from pipeline.wsi.slide import Slide
-    from pipeline.wsi.tile_run import tile_slides
-    from pipeline.wsi.tiling import TileSpec, TilingParams, load_tiles, read_tile
 
     if model is not None:
         from models.checkpoint import read_meta
 
         meta = read_meta(model)
         tile_px, target_mpp, min_tissue = meta.tile_px, meta.target_mpp, meta.min_tissue
+    attrs = {"tile_px": tile_px, "target_mpp": target_mpp, "manifest": str(manifest)}
+    attrs["split"] = split or ""
+    if is_tile_set(manifest):
+        return _export_tile_set(manifest, out, tile_px, target_mpp, per_slide, split,
+                                tile_mpp, attrs, progress)  # fmt: skip
+    from pipeline.wsi.slide import Slide
+    from pipeline.wsi.tile_run import tile_slides
+    from pipeline.wsi.tiling import TileSpec, TilingParams, load_tiles, read_tile
+
     entries = held_out(read_manifest(manifest), split)
     classes = sorted({e.label for e in entries})
     if not entries:
@@ -56,44 +99,38 @@ def export_tiles(
     if bad:
         raise UsageError("cannot tile held-out slides:\n" + "\n".join(bad))
     rng = np.random.default_rng(seed)
-
     with atomic_path(out) as tmp, h5py.File(tmp, "w") as f:
-        images = f.create_dataset(
-            "images",
-            (0, tile_px, tile_px, 3),
-            np.uint8,
-            maxshape=(None, tile_px, tile_px, 3),
-            chunks=(16, tile_px, tile_px, 3),
-        )
-        meta: dict[str, list] = {"label": [], "slide_id": [], "patient_id": [], "x": [], "y": []}
+        bank = _BankWriter(f, tile_px)
         for e in tqdm(entries, desc="export", unit="slide", disable=not progress):
-            coords, attrs = load_tiles(work / "tiles" / f"{e.slide_id}.h5")
-            spec = TileSpec.from_attrs(attrs)
+            coords, tiling = load_tiles(work / "tiles" / f"{e.slide_id}.h5")
+            spec = TileSpec.from_attrs(tiling)
             pick = np.sort(rng.choice(len(coords), min(per_slide, len(coords)), replace=False))
             with Slide(e.path, mpp=e.mpp) as slide:
                 block = np.stack([read_tile(slide, int(x), int(y), spec) for x, y in coords[pick]])
-            start = images.shape[0]
-            images.resize(start + len(block), axis=0)
-            images[start:] = block
-            meta["label"] += [classes.index(e.label)] * len(block)
-            meta["slide_id"] += [e.slide_id] * len(block)
-            meta["patient_id"] += [e.patient_id] * len(block)
-            meta["x"] += coords[pick, 0].tolist()
-            meta["y"] += coords[pick, 1].tolist()
-        f.create_dataset("labels", data=np.array(meta["label"], np.int64))
-        for key in ("slide_id", "patient_id"):
-            f.create_dataset(key, data=np.array(meta[key], dtype=object), dtype=h5py.string_dtype())
-        f.create_dataset("coords", data=np.column_stack([meta["x"], meta["y"]]).astype(np.int64))
-        f.attrs.update(
-            {
-                "classes": json.dumps(classes),
-                "tile_px": tile_px,
-                "target_mpp": target_mpp,
-                "manifest": str(manifest),
-                "split": split or "",
-                "format": "fascicle-tile-bank",
-            }
-        )
+            bank.add(block, classes.index(e.label), e.slide_id, e.patient_id, coords[pick])
+        bank.finish({**attrs, "classes": json.dumps(classes)})
+    return out
+
+
+def _export_tile_set(source, out, tile_px, target_mpp, per_tile, split, tile_mpp, attrs, progress):
+    import h5py
+    from tqdm import tqdm
+
+    from pipeline.tiles.tileset import read_tile_set, tile_crops
+
+    records = read_tile_set(source, tile_mpp).records
+    if split and any(r.split for r in records):
+        records = [r for r in records if r.split == split]
+    if not records:
+        raise UsageError(f"{source}: no tiles of split {split!r} to export")
+    classes = sorted({r.label for r in records})
+    with atomic_path(out) as tmp, h5py.File(tmp, "w") as f:
+        bank = _BankWriter(f, tile_px)
+        for r in tqdm(records, desc="export", unit="tile", disable=not progress):
+            block = tile_crops(r, target_mpp, tile_px)[:per_tile]
+            bank.add(block, classes.index(r.label), str(r.path.name), r.patient_id,
+                     [(0, 0)] * len(block))  # fmt: skip
+        bank.finish({**attrs, "classes": json.dumps(classes)})
     return out
 
 
