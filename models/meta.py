@@ -47,6 +47,8 @@ class ModelMeta:
     weights_path: str | None = None
     weights_partial: bool = False
     dropout: float = 0.0
+    head_hidden: int | None = None
+    """Tile models: width of a hidden ReLU layer in the head (an MLP probe); None: linear."""
     train_class_priors: list[float] | None = None
     class_weights: list[float] | None = None
     label_smoothing: float = 0.0

@@ -36,7 +36,14 @@ class TileClassifier(pl.LightningModule):
             meta.weights_partial,
         )
         self.backbone = backbone
-        self.head = nn.Sequential(nn.Dropout(meta.dropout), nn.Linear(dim, len(self.classes)))
+        k, hidden = len(self.classes), meta.head_hidden
+        self.head = (
+            nn.Sequential(nn.Dropout(meta.dropout), nn.Linear(dim, k))
+            if not hidden
+            else nn.Sequential(
+                nn.Dropout(meta.dropout), nn.Linear(dim, hidden), nn.ReLU(), nn.Linear(hidden, k)
+            )
+        )
         self.feature_dim = dim
         self.ood = MahalanobisOOD(len(self.classes), meta.ood["dim"]) if meta.ood else None
         weights = meta.class_weights

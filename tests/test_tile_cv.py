@@ -108,17 +108,30 @@ def test_features_are_cached_and_resumed(tmp_path):
     assert other.cache != first.cache
 
 
-def test_probe_as_linear_head_matches_its_probabilities():
+@pytest.mark.parametrize("kind", ["linear", "mlp"])
+def test_probe_as_a_head_matches_its_probabilities(kind):
+    from models.meta import ModelMeta
+    from models.tile_classifier import TileClassifier
+    from pipeline.training.probe import probe_head
+
     rng = np.random.default_rng(0)
-    x = rng.normal(size=(60, 8)) + np.repeat(np.eye(3, 8) * 3, 20, 0)
+    x = rng.normal(size=(60, 128)) + np.repeat(np.eye(3, 128) * 3, 20, 0)  # small_cnn's width
     y, groups = np.repeat([0, 1, 2], 20), np.tile(np.repeat(np.arange(4), 5), 3)
     for k_seen in (3, 2):
         keep = y < k_seen
-        probe = fit_probe(x[keep], y[keep], groups[keep], k=3)
-        w, b = probe.linear()
-        logits = torch.tensor(x @ w.T + b)
-        assert np.allclose(logits.softmax(1).numpy(), probe.probs(x), atol=1e-5)
-        assert "inner grouped CV" in probe.chosen_by
+        probe = fit_probe(x[keep], y[keep], groups[keep], k=3, kind=kind, hidden=16)
+        assert probe.kind == kind and "inner grouped CV" in probe.chosen_by
+        meta = ModelMeta(kind="tile", classes=["a", "b", "c"], target_mpp=1.0, tile_px=32,
+                         mean=[0.5] * 3, std=[0.25] * 3, backbone="small_cnn", aggregator="mean",
+                         temperature=1.0, package_version="test",
+                         head_hidden=16 if kind == "mlp" else None)  # fmt: skip
+        model = TileClassifier(meta, load_weights=False).eval()
+        model.head.load_state_dict(
+            {k.removeprefix("head."): v for k, v in probe_head(probe, 128).items()}, strict=True
+        )
+        with torch.no_grad():
+            probs = model.head(torch.tensor(x, dtype=torch.float32)).softmax(1).numpy()
+        assert np.allclose(probs, probe.probs(x), atol=1e-4)
 
 
 def test_cv_on_separable_tiles_then_predict_with_the_model(tmp_path, tiny_cohort, capsys):
@@ -217,6 +230,14 @@ def test_embed_caches_what_train_then_reads(tmp_path):
     assert len(cached) == 18
     assert main(["-q", "train", "--config", "probe", "--cv", "2", *args]) == 0
     assert {p: p.stat().st_mtime_ns for p in cached} == cached  # nothing embedded again
+    # another probe on the same cached features: a small MLP
+    assert main(["-q", "train", "--config", "probe", "--cv", "2", *args, "--model.probe=mlp",
+                 "--model.probe_hidden=32"]) == 0  # fmt: skip
+    from models.checkpoint import load_model
+
+    _, meta = load_model(tmp_path / "run" / "model.ckpt")  # builds the MLP head and loads
+    assert meta.head_hidden == 32 and meta.extra["recipe"] == "mlp probe"
+    assert {p: p.stat().st_mtime_ns for p in cached} == cached
     with pytest.raises(UsageError, match="MIL reads slides"):
         load_config("probe", [*args, "--model.kind=mil"])
 

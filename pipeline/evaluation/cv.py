@@ -119,10 +119,12 @@ def run_tile_cv(
     )
     x, crop_tile = features.features, features.tile_index
     k, classes, seed = len(scheme.classes), list(scheme.classes), config.seed
+    recipe = (config.model.probe, config.model.probe_hidden)
     summary: dict = {"classes": classes, "folds": folds, "nested": True, "warnings": warnings}
     summary["recipe"] = {
         "encoder": features.encoder,
-        "probe": "class-balanced logistic regression on standardised features, C by grouped CV",
+        "probe": f"{config.model.probe} probe (class-balanced) on standardised features, "
+        "its regularisation by grouped inner CV",
         "target_mpp": d.target_mpp,
         "tile_px": d.tile_px,
         "crops": len(x),
@@ -133,7 +135,7 @@ def run_tile_cv(
     ood_from = "training crops (in-sample: no cross-validation)"
     if folds:
         oof, fold_docs, scores = _cross_validate(x, crop_tile, y, patients, k, folds, seed,
-                                                 classes)  # fmt: skip
+                                                 classes, recipe)  # fmt: skip
         ood_from = "out-of-fold crops"
         temperature = fit_temperature(oof, y)
         calibrated = apply_temperature(oof, temperature)
@@ -145,8 +147,8 @@ def run_tile_cv(
         summary["per_fold"] = fold_docs
         summary["temperature"] = temperature
         _write_predictions(cv_dir, tiles, y, calibrated, fold_docs, classes)
-    final = fit_probe(x, y[crop_tile], patients[crop_tile], k, seed)
-    summary["final"] = {"C": final.c, "chosen_by": final.chosen_by}
+    final = fit_probe(x, y[crop_tile], patients[crop_tile], k, seed, *recipe)
+    summary["final"] = {"regularisation": final.c, "chosen_by": final.chosen_by}
     ood = {
         "method": "mahalanobis",
         "dim": int(x.shape[1]),
@@ -177,7 +179,7 @@ def _ood_scores(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, k:
         return detector, detector(torch.as_tensor(test_x)).numpy()
 
 
-def _cross_validate(x, crop_tile, y, patients, k, folds, seed, classes):
+def _cross_validate(x, crop_tile, y, patients, k, folds, seed, classes, recipe):
     splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
     oof = np.zeros((len(y), k))
     ood = np.zeros(len(x))
@@ -186,7 +188,7 @@ def _cross_validate(x, crop_tile, y, patients, k, folds, seed, classes):
         in_train = np.isin(crop_tile, train)
         in_test = np.isin(crop_tile, test)
         probe = fit_probe(x[in_train], y[crop_tile[in_train]], patients[crop_tile[in_train]], k,
-                          seed)  # fmt: skip
+                          seed, *recipe)  # fmt: skip
         oof[test] = _tile_means(probe.probs(x[in_test]), crop_tile[in_test], test)
         ood[in_test] = _ood_scores(x[in_train], y[crop_tile[in_train]], x[in_test], k)[1]
         docs.append(
@@ -194,7 +196,7 @@ def _cross_validate(x, crop_tile, y, patients, k, folds, seed, classes):
                 "fold": fold,
                 "test_patients": sorted(set(patients[test].tolist())),
                 "n_test_tiles": len(test),
-                "C": probe.c,
+                "regularisation": probe.c,
                 "chosen_by": probe.chosen_by,
                 "metrics": point_metrics(oof[test], y[test], classes),
                 "test_tiles": test.tolist(),

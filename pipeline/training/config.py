@@ -78,6 +78,9 @@ class ModelConfig:
     """MIL and probe: the frozen encoder (its weights: ``pretrained`` or ``weights_path``)."""
     attention_dim: int = 128
     max_bag: int = 512
+    probe: str = "linear"
+    """``model.kind: probe``: ``linear`` (logistic regression) or ``mlp`` (one hidden layer)."""
+    probe_hidden: int = 256
     ood_quantile: float = 0.95
     """Tiles scoring above this quantile of validation tiles are out of distribution."""
 
@@ -202,6 +205,7 @@ def config_problems(c: RunConfig) -> list[str]:
         ),
         (m.kind in ("tile", "mil", "probe"), "model.kind must be tile, mil or probe"),
         (m.kind != "probe" or bool(d.tiles), "model.kind probe needs data.tiles (a tile set)"),
+        (m.probe in ("linear", "mlp") and m.probe_hidden >= 1, "model.probe: linear or mlp"),
         (
             not d.tiles or m.kind in ("probe", "tile"),
             "data.tiles (a tile dataset) trains model.kind probe or tile; MIL reads slides",
