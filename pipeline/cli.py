@@ -18,6 +18,7 @@ from pipeline.cli_args import (
     at_least,
     batch_args,
     call_args,
+    closed_stdout,
     fields_of,
     fraction,
     positive_float,
@@ -45,8 +46,7 @@ def _run_synth(args: argparse.Namespace) -> int:
     args.slide_size_um = tuple(args.slide_size_um)
     params = CohortParams(**fields_of(args, CohortParams))
     plans = make_cohort(args.out, params, args.workers, args.overwrite, args.progress)
-    print(f"{len(plans)} slides in {args.out / 'slides'}; manifest.csv, ihc.csv, cases.csv and")
-    print(f"preview.png in {args.out}")
+    print(f"{len(plans)} slides in {args.out / 'slides'}; manifest.csv etc. in {args.out}")
     return EXIT_OK
 
 
@@ -137,8 +137,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 def _run_export_tiles(args: argparse.Namespace) -> int:
     from pipeline.evaluation.tile_bank import export_tiles
 
-    path = export_tiles(**fields_of(args, export_tiles))
-    print(f"tile bank: {path}")
+    print(f"tile bank: {export_tiles(**fields_of(args, export_tiles))}")
     return EXIT_OK
 
 
@@ -287,6 +286,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; finished slides are kept and a rerun resumes", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into `head` and closed: stop quietly
+        return closed_stdout()
     except Exception as err:  # a bug: say so in one line (the traceback with -v)
         if args.verbose:
             raise

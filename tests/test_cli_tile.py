@@ -157,3 +157,15 @@ def test_cli_starts_fast_without_heavy_imports(tmp_path, cmu_svs, argv):
     assert result.returncode == 0, result.stderr
     if argv[0] == "-q":
         assert (tmp_path / "qc" / "cmu_small_region.png").exists()
+
+
+def test_output_into_a_closed_pipe_ends_quietly():
+    """``fascicle ihc ... | head -1``: the reader leaves early; no traceback, no error."""
+    code = "import sys; from pipeline.cli import main; sys.exit(main(sys.argv[1:]))"
+    args = ["ihc", "--panel", "desmin+ SMA+ h-caldesmon+ EMA- S100-", "--top", "8"]
+    proc = subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)  # fmt: skip
+    proc.stdout.close()  # like head after its line
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 0, err
+    assert "error" not in err.lower(), err
