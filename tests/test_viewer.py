@@ -184,6 +184,12 @@ def test_cli_refuses_what_it_cannot_show(tmp_path, capsys):
     assert main(["view", str(tmp_path / "missing.svs")]) == 2
 
 
+def test_a_port_in_use_is_a_usage_error(run, server, capsys):
+    port = server.server_address[1]
+    assert main(["view", str(run), "--port", str(port)]) == 2
+    assert f"cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err
+
+
 def test_a_moved_slide_is_listed_with_the_fix(run, tmp_path):
     moved = tmp_path / "run"
     shutil.copytree(run, moved)

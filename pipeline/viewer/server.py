@@ -189,7 +189,14 @@ def run_viewer(
         catalogue = Catalogue.from_slide(target, result)
     if slide_id is not None and catalogue.get(slide_id) is None:
         raise UsageError(f"no slide {slide_id!r} in {target}; the run has {len(catalogue.slides)}")
-    server = ViewerServer(catalogue, port=port)
+    try:
+        server = ViewerServer(catalogue, port=port)
+    except OSError as err:
+        catalogue.close()
+        raise UsageError(
+            f"cannot listen on 127.0.0.1:{port} ({err.strerror}); choose another --port, or "
+            "--port 0 for a free one"
+        ) from None
     url = server.url + (f"#{quote(slide_id)}" if slide_id else "")
     print(f"fascicle viewer: {url}  (Ctrl-C to stop)", flush=True)
     if open_browser:
