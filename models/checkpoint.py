@@ -77,9 +77,9 @@ def build_model(meta: ModelMeta) -> nn.Module:
         from .mil import MILBundle
 
         return MILBundle(meta)
-    from .tile_classifier import TileClassifier
+    from .tile_net import TileNet
 
-    return TileClassifier(meta, load_weights=False)
+    return TileNet(meta, load_weights=False)
 
 
 def load_model(path: str | Path) -> tuple[nn.Module, ModelMeta]:

@@ -14,62 +14,19 @@ import math
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from torch import nn
 
-from .backbones import build_backbone
 from .meta import ModelMeta
 from .metrics import per_slide_mean, slide_metrics
-from .ood import MahalanobisOOD
-from .outputs import SlideOutput
+from .tile_net import TileInference, add_tile_parts
 
 
-class TileClassifier(pl.LightningModule):
+class TileClassifier(TileInference, pl.LightningModule):
     def __init__(self, meta: ModelMeta, load_weights: bool = True):
         super().__init__()
         self.save_hyperparameters({"config": meta.to_dict()})
-        self.meta = meta
-        self.classes: list[str] = list(meta.classes)
-        backbone, dim, _, _ = build_backbone(
-            meta.backbone,
-            meta.pretrained and load_weights,
-            meta.weights_path if load_weights else None,
-            meta.weights_partial,
-        )
-        self.backbone = backbone
-        k, hidden = len(self.classes), meta.head_hidden
-        self.head = (
-            nn.Sequential(nn.Dropout(meta.dropout), nn.Linear(dim, k))
-            if not hidden
-            else nn.Sequential(
-                nn.Dropout(meta.dropout), nn.Linear(dim, hidden), nn.ReLU(), nn.Linear(hidden, k)
-            )
-        )
-        self.feature_dim = dim
-        self.ood = MahalanobisOOD(len(self.classes), meta.ood["dim"]) if meta.ood else None
-        weights = meta.class_weights
-        self.loss = nn.CrossEntropyLoss(
-            weight=torch.tensor(weights, dtype=torch.float32) if weights else None,
-            label_smoothing=meta.label_smoothing,
-        )
+        add_tile_parts(self, meta, load_weights)
         self._val: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
         self.last_slide_metrics: dict[str, float] = {}
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone(x))
-
-    @property
-    def slide_inputs(self) -> tuple[str, ...]:
-        return ("probs", "ood") if self.ood is not None else ("probs",)
-
-    def forward_tiles(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        features = self.backbone(images)
-        out = {"features": features, "probs": self.head(features).float().softmax(1)}
-        if self.ood is not None:
-            out["ood"] = self.ood(features)
-        return out
-
-    def forward_slide(self, outputs: dict[str, np.ndarray]) -> SlideOutput:
-        return SlideOutput(tile_probs=outputs["probs"], ood=outputs.get("ood"))
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         logits = self(batch["image"])

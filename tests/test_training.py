@@ -225,6 +225,14 @@ def test_model_file_round_trip_is_bit_exact_and_weights_only(tmp_path):
     with torch.no_grad():
         assert torch.equal(model(x), loaded(x))
     assert meta == _meta()
+    assert type(loaded).__name__ == "TileNet"  # inference without Lightning
+    code = (
+        "import sys, torch; from models.checkpoint import load_model; "
+        f"m, _ = load_model({str(path)!r}); m.forward_tiles(torch.zeros(1, 3, 64, 64)); "
+        "assert 'pytorch_lightning' not in sys.modules, 'loading a model imported Lightning'"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
 
 
 def test_version_1_model_files_written_before_model_meta_still_load(tmp_path):
