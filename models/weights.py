@@ -98,7 +98,10 @@ def read_state_dict(source: str | Path) -> dict[str, torch.Tensor]:
             from safetensors.torch import load_file
         except ImportError:
             raise UsageError(f"{path}: safetensors needs: pip install safetensors") from None
-        return load_file(str(path))
+        try:
+            return load_file(str(path))
+        except Exception as err:  # SafetensorError and OSError for a damaged file
+            raise UsageError(f"{path}: not a readable safetensors file ({err})") from None
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:

@@ -70,6 +70,15 @@ def test_tile_set_problems_are_listed_together(tmp_path):
         read_tile_set(tmp_path / "nolabel.csv")
 
 
+def test_an_unreadable_tile_image_is_named(tmp_path):
+    folder = _tiles(tmp_path / "tiles", n_per_patient=1)
+    good = next(folder.rglob("*.png"))
+    good.write_bytes(good.read_bytes()[:60])  # truncated
+    tiles = read_tile_set(folder, tile_mpp=0.5)
+    with pytest.raises(UsageError, match=rf"{good.name}: cannot read the image"):
+        embed_tile_set(tiles, _config(tmp_path, folder).model, 1.0, 32, tmp_path / "cache")
+
+
 def test_crops_follow_the_resolution():
     image = np.zeros((1024, 1000, 3), np.uint8)
     assert crop_grid(image, 1.0, 1.0, 224, "t").shape == (16, 224, 224, 3)

@@ -111,3 +111,21 @@ def test_sources_that_name_nothing_say_so(tmp_path):
     torch.save({"layer": torch.nn.Linear(2, 2)}, bad)  # a pickled module, not tensors
     with pytest.raises(UsageError, match=r"weights-only|state dict of tensors"):
         read_state_dict(bad)
+
+
+def test_damaged_weight_files_name_the_file(tmp_path):
+    pytest.importorskip("safetensors")
+    source, *_ = build_backbone("small_cnn")
+    from safetensors.torch import save_file
+
+    good = tmp_path / "w.safetensors"
+    save_file(source.state_dict(), str(good))
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes(good.read_bytes()[:200])  # a truncated download
+    with pytest.raises(UsageError, match=r"cut\.safetensors: not a readable safetensors"):
+        read_state_dict(cut)
+    torch.save(source.state_dict(), tmp_path / "w.pth")
+    half = tmp_path / "half.pth"
+    half.write_bytes((tmp_path / "w.pth").read_bytes()[:500])
+    with pytest.raises(UsageError, match=r"half\.pth: not a weights-only state dict"):
+        read_state_dict(half)
