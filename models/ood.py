@@ -61,12 +61,19 @@ def fit_detector(
     detector = MahalanobisOOD.fit(train_features, train_labels, n_classes)
     with torch.no_grad():
         val = detector(torch.as_tensor(val_features)).numpy()
-    settings = {
+    return detector, detector_settings(detector, val, quantile, len(train_features))
+
+
+def detector_settings(
+    detector: MahalanobisOOD, scores: np.ndarray, quantile: float, n_train: int
+) -> dict:
+    """What the model file records of a detector: its threshold at ``quantile`` of held-out
+    ``scores`` and what it was fitted on."""
+    return {
         "method": "mahalanobis",
-        "dim": int(train_features.shape[1]),
+        "dim": int(detector.means.shape[1]),
         "quantile": quantile,
-        "threshold": float(np.quantile(val, quantile)),
-        "n_train_tiles": len(train_features),
-        "n_val_tiles": len(val_features),
+        "threshold": float(np.quantile(scores, quantile)),
+        "n_train_tiles": n_train,
+        "n_val_tiles": len(scores),
     }
-    return detector, settings

@@ -149,15 +149,9 @@ def run_tile_cv(
         _write_predictions(cv_dir, tiles, y, calibrated, fold_docs, classes)
     final = fit_probe(x, y[crop_tile], patients[crop_tile], k, seed, *recipe)
     summary["final"] = {"regularisation": final.c, "chosen_by": final.chosen_by}
-    ood = {
-        "method": "mahalanobis",
-        "dim": int(x.shape[1]),
-        "quantile": quantile,
-        "threshold": float(np.quantile(scores, quantile)),
-        "n_train_tiles": len(x),
-        "n_val_tiles": len(scores),
-        "threshold_from": ood_from,
-    }
+    from models.ood import detector_settings
+
+    ood = detector_settings(detector, scores, quantile, len(x)) | {"threshold_from": ood_from}
     summary["ood"] = ood
     model_path = export_probe(
         out / "model.ckpt", final, config, features, [r.label for r in tiles.records],

@@ -140,8 +140,11 @@ def decide(
     label, probability = max(classes.items(), key=lambda kv: kv[1])
     members = [i for i, e in enumerate(diff.entities) if (diff.class_of(e) or e) == label]
     entity = diff.entities[max(members, key=lambda i: diff.posterior[i])]
+    evidence = dict(diff.evidence_ranking(len(diff.entities)))  # no prior, best first
     reasons = [*_common_reasons(label, probability, config, n_tiles), *reasons]
-    reasons += _evidence_reasons(diff, entity, config, image_probs is not None)
+    reasons += _evidence_reasons(
+        diff, entity, config, image_probs is not None, next(iter(evidence))
+    )
     if image_probs is not None and ihc_only is not None and ihc_only.terms:
         bc = agreement(image_probs, ihc_only)
         if bc < config.min_agreement:
@@ -152,7 +155,6 @@ def decide(
                 f"image favours {img_top}, IHC favours {ihc_top}"
             )
     share = {diff.entities[i]: float(diff.posterior[i]) for i in members}
-    evidence = dict(diff.evidence_ranking(len(diff.entities)))
     return Call(
         label=label,
         entity=entity,
@@ -193,9 +195,10 @@ def _entity_note(
 
 
 def _evidence_reasons(
-    diff: Differential, entity: str, config: CallConfig, has_image: bool
+    diff: Differential, entity: str, config: CallConfig, has_image: bool, best: str
 ) -> list[str]:
-    """No evidence, a panel nothing explains, or a leader the prior alone chose."""
+    """No evidence, a panel nothing explains, or a leader the prior alone chose (``best``:
+    the entity the evidence alone puts first)."""
     from pipeline.ihc.fit import panel_fit
 
     if not diff.terms and not has_image:
@@ -212,7 +215,6 @@ def _evidence_reasons(
             f"{diff.kb.entity_names[entity]}, fits it worse than {1 - fit:.1%} of its own "
             "simulated panels)"
         )
-    best = diff.evidence_ranking(top=1)[0][0]
     if (diff.class_of(best) or best) != (diff.class_of(entity) or entity):
         reasons.append(
             f"prior-driven: the evidence favours {diff.kb.entity_names[best]}; the prior puts "

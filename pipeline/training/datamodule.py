@@ -225,9 +225,7 @@ class TileDataModule(pl.LightningDataModule):
     def indices(self, split: str) -> list[int]:
         return [i for i, s in enumerate(self.slides) if s.split == split]
 
-    def _loader(
-        self, dataset: Dataset, sampler: Sampler, shuffle_workers: bool = False
-    ) -> DataLoader:
+    def _loader(self, dataset: Dataset, sampler: Sampler) -> DataLoader:
         d = self.config.data
         return DataLoader(
             dataset,

@@ -9,15 +9,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, WeightedRandomSampler
 
 from pipeline.core.errors import ManifestError
-from pipeline.tiles.dataset import collate, worker_init
 from pipeline.tiles.tileset import CropDataset, TileRecord, read_tile_set
 from pipeline.training.config import RunConfig
-from pipeline.training.datamodule import ShardSampler, assign_splits, split_problems
+from pipeline.training.datamodule import TileDataModule, assign_splits, split_problems
 from pipeline.wsi.manifest import SlideEntry
 
 
@@ -51,18 +49,13 @@ def prepare_tile_groups(config: RunConfig) -> list[TileGroup]:
     return groups
 
 
-class TileSetDataModule(pl.LightningDataModule):
-    """Train / val loaders over a tile set's crops (the interface of ``TileDataModule``)."""
+class TileSetDataModule(TileDataModule):
+    """Train / val loaders over a tile set's crops: ``TileDataModule`` with tiles for slides."""
 
     def __init__(self, config: RunConfig, groups: list[TileGroup], train_transform, eval_transform):
-        super().__init__()
-        self.config, self.slides = config, groups
-        self.train_transform, self.eval_transform = train_transform, eval_transform
+        super().__init__(config, groups, train_transform, eval_transform)
         self.records = [g.record for g in groups]
         self.labels = [g.label for g in groups]
-
-    def indices(self, split: str) -> list[int]:
-        return [i for i, g in enumerate(self.slides) if g.split == split]
 
     def _crops(self, split: str, transform, most_per_tile: int | None = None) -> CropDataset:
         d = self.config.data
@@ -72,20 +65,8 @@ class TileSetDataModule(pl.LightningDataModule):
     def eval_dataset(self, split: str) -> CropDataset:
         return self._crops(split, self.eval_transform)
 
-    def ood_train_dataset(self, per_tile: int) -> CropDataset:
-        return self._crops("train", self.eval_transform, per_tile)
-
-    def _loader(self, dataset: CropDataset, sampler) -> DataLoader:
-        d = self.config.data
-        return DataLoader(
-            dataset,
-            batch_size=d.batch_size,
-            sampler=sampler,
-            num_workers=d.num_workers,
-            collate_fn=collate,
-            worker_init_fn=worker_init,
-            persistent_workers=d.num_workers > 0,
-        )
+    def ood_train_dataset(self, per_slide: int) -> CropDataset:
+        return self._crops("train", self.eval_transform, per_slide)
 
     def train_dataloader(self) -> DataLoader:
         dataset = self._crops("train", self.train_transform)
@@ -94,7 +75,3 @@ class TileSetDataModule(pl.LightningDataModule):
         generator = torch.Generator().manual_seed(self.config.seed)  # fresh draws each epoch
         sampler = WeightedRandomSampler(weights.tolist(), len(dataset), generator=generator)
         return self._loader(dataset, sampler)
-
-    def val_dataloader(self) -> DataLoader:
-        dataset = self.eval_dataset("val")
-        return self._loader(dataset, ShardSampler(len(dataset)))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +33,8 @@ class TileTable:
     classes: list[str]
     attention: np.ndarray | None = None
     ood: np.ndarray | None = None
+    _colours: dict = field(default_factory=dict, repr=False)
+    """RGBA per tile by layer, worked out once (every overlay tile of a layer uses them)."""
 
     @classmethod
     def read(cls, path: Path) -> TileTable:
@@ -86,6 +88,11 @@ class TileTable:
 
     def colours(self, layer: str) -> np.ndarray:
         """RGBA per tile for ``layer`` (``class``, ``prob:<class>``, ``attention``)."""
+        if layer not in self._colours:
+            self._colours[layer] = self._layer_colours(layer)
+        return self._colours[layer]
+
+    def _layer_colours(self, layer: str) -> np.ndarray:
         import matplotlib
 
         n = len(self.x)
