@@ -19,23 +19,17 @@ from pipeline.cli_args import (
     batch_args,
     call_args,
     closed_stdout,
+    engine_args,
     fields_of,
     fraction,
     positive_float,
+    report_rows,
     slides_args,
     view_args,
 )
 from pipeline.core.errors import FascicleError, UsageError
 
 EXIT_OK, EXIT_PARTIAL, EXIT_USAGE = 0, 1, 2
-
-
-def _report(rows: Sequence[dict], summary: Path) -> int:
-    failed = [r for r in rows if r["status"] != "ok"]
-    print(f"{len(rows) - len(failed)}/{len(rows)} slide(s) done; summary: {summary}")
-    for row in failed:
-        print(f"error: {row['error']}", file=sys.stderr)
-    return EXIT_PARTIAL if failed else EXIT_OK
 
 
 # -- verbs ----------------------------------------------------------------------------------
@@ -57,7 +51,7 @@ def _run_tile(args: argparse.Namespace) -> int:
     entries = slide_entries(args.slides, args.manifest, args.slide_mpp)
     params = tiling_params(args.mpp, args.tile_px, args.overlap, args.min_tissue, args.fill_holes)
     rows = tile_slides(entries, params=params, **fields_of(args, tile_slides))
-    return _report(rows, args.out / "tiling_summary.csv")
+    return report_rows(rows, args.out / "tiling_summary.csv")
 
 
 def _run_ihc(args: argparse.Namespace) -> int:
@@ -119,13 +113,14 @@ def _run_predict(args: argparse.Namespace) -> int:
         rows = predict.predict_slides(entries, args.model, args.out, options, args.ihc)
     mine = {e.slide_id for e in entries}
     print(f"report: {args.out / 'report.html'}")
-    return _report([r for r in rows if r["slide_id"] in mine], args.out / "summary.csv")
+    return report_rows([r for r in rows if r["slide_id"] in mine], args.out / "summary.csv")
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
-    from pipeline.evaluation.evaluate import Gate, format_levels, run_evaluation
+    from pipeline.evaluation.evaluate import Gate, PredictOptions, format_levels, run_evaluation
 
     gate = Gate(args.min_balanced_accuracy, args.min_auroc)
+    args.options = PredictOptions(**fields_of(args, PredictOptions))
     doc, failures = run_evaluation(gate=gate, **fields_of(args, run_evaluation))
     print("\n".join(format_levels(doc)))
     print(f"metrics: {args.out / 'metrics.json'}")
@@ -207,12 +202,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = verb("predict", _run_predict, "batch inference: calls, heatmaps, QuPath overlays, report")
     slides_args(p)
-    batch_args(p, 2, "tile-reading DataLoader workers")
+    batch_args(p, None, "tile-decoding threads")
     p.add_argument("--model", type=Path, required=True, help="model.ckpt from fascicle train")
     p.add_argument("--ihc", type=Path, help="IHC CSV (long or wide) keyed by slide_id")
     call_args(p)
     p.add_argument("--batch-size", type=at_least(1), default=64, help="tiles per batch (64)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    engine_args(p)
     p.add_argument("--devices", type=at_least(1), default=1, help="processes, one per device (1)")
     p.add_argument("--shard", default="0/1", help="I/N: this job's share, 0 <= I < N (0/1)")
     p.add_argument("--tiles-dir", type=Path, help="reuse coordinates of an earlier fascicle tile")
@@ -233,8 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--bootstrap", dest="n_boot", type=at_least(0), default=1000, help="resamples (0: none)"
     )
-    p.add_argument("--workers", type=at_least(0), default=2)
-    p.add_argument("--device", default="auto")
+    engine_args(p, workers=True)
 
     p = verb("export-tiles", _run_export_tiles, "labelled held-out tiles to a tile bank (.h5)")
     p.add_argument("--manifest", type=Path, required=True, help="slide manifest or tile set")

@@ -6,7 +6,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import inspect
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 
@@ -44,13 +45,35 @@ def at_least(low: int) -> Callable[[str], int]:
     return parse
 
 
-def batch_args(p: argparse.ArgumentParser, workers: int, what: str) -> None:
-    """Options of the verbs that run over a batch of slides (predict's workers may be 0:
-    tiles then load in the main process)."""
+def batch_args(p: argparse.ArgumentParser, workers: int | None, what: str) -> None:
+    """Options of the verbs that run over a batch of slides (predict's workers are decode
+    threads, chosen from the cores by default; 0 decodes in line)."""
     p.add_argument("--out", type=Path, required=True, help="output folder")
-    low = 0 if what.startswith("tile-reading") else 1
-    p.add_argument("--workers", type=at_least(low), default=workers, help=f"{what} ({workers})")
+    low = 0 if workers is None else 1
+    p.add_argument(
+        "--workers", type=at_least(low), default=workers, help=f"{what} ({workers or 'auto'})"
+    )
     p.add_argument("--overwrite", action="store_true", help="redo finished slides")
+
+
+def engine_args(p: argparse.ArgumentParser, workers: bool = False) -> None:
+    """How tiles reach the model (``pipeline.tiles.engine``): device, precision, threads."""
+    if workers:
+        p.add_argument("--workers", type=at_least(0), help="tile-decoding threads (auto)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument(
+        "--precision",
+        default="auto",
+        choices=("auto", "fp32", "bf16", "fp16"),
+        help="autocast (auto: fp16 on CUDA, bf16 on CPUs with native bf16, else fp32)",
+    )
+    p.add_argument("--threads", type=at_least(1), help="torch threads on CPU (all cores)")
+    p.add_argument(
+        "--decode",
+        default="auto",
+        choices=("auto", "cpu", "device"),
+        help="where JPEG tiles are decoded (auto: on the GPU when there is one)",
+    )
 
 
 def call_args(p: argparse.ArgumentParser) -> None:
@@ -81,3 +104,12 @@ def closed_stdout() -> int:
 
     os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
+
+
+def report_rows(rows: Sequence[dict], summary: Path) -> int:
+    """Print a batch's outcome; exit status 1 when any slide failed (0 when all are done)."""
+    failed = [r for r in rows if r["status"] != "ok"]
+    print(f"{len(rows) - len(failed)}/{len(rows)} slide(s) done; summary: {summary}")
+    for row in failed:
+        print(f"error: {row['error']}", file=sys.stderr)
+    return 1 if failed else 0

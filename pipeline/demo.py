@@ -14,6 +14,7 @@ DEMO_COHORT = CohortParams(n_slides=30, seed=0, slide_size_um=(2400.0, 1800.0))
 def run_demo(out: Path, progress: bool = True) -> int:
     from pipeline.core.resources import builtin_config
     from pipeline.evaluation.evaluate import Gate, run_evaluation
+    from pipeline.prediction.session import PredictOptions
     from pipeline.synth.cohort import make_cohort
     from pipeline.training.config import load_config
     from pipeline.training.train import train
@@ -44,7 +45,7 @@ def run_demo(out: Path, progress: bool = True) -> int:
         split="test",
         n_boot=500,
         ihc=cohort / "ihc.csv",
-        progress=progress,
+        options=PredictOptions(progress=progress),
     )
     m = doc["levels"]["slide"]["metrics"]
     ci = doc["levels"]["slide"]["ci95"].get("balanced_accuracy", [float("nan")] * 2)

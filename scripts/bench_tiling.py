@@ -51,8 +51,9 @@ def _texture_bank(rng: np.random.Generator, n: int = 24, size: int = 256) -> np.
     return bank
 
 
-def make_slide(path: Path, width: int, height: int, seed: int = 0) -> Path:
-    """Pyramidal JPEG TIFF written tile by tile (never the whole level in memory)."""
+def make_slide(path: Path, width: int, height: int, seed: int = 0, mpp: float = 0.25) -> Path:
+    """Pyramidal JPEG TIFF at ``mpp`` µm/px written tile by tile (never the whole level in
+    memory)."""
     import tifffile
 
     if path.exists():
@@ -83,7 +84,7 @@ def make_slide(path: Path, width: int, height: int, seed: int = 0) -> Path:
     tmp = path.with_suffix(".part")
     with tifffile.TiffWriter(tmp, bigtiff=True) as tif:
         for i, ds in enumerate((1, 4, 16, 64)):
-            extra = {"resolution": (1e4 / 0.25, 1e4 / 0.25), "resolutionunit": "CENTIMETER"}
+            extra = {"resolution": (1e4 / mpp, 1e4 / mpp), "resolutionunit": "CENTIMETER"}
             tif.write(
                 tiles(ds),
                 shape=(height // ds, width // ds, 3),

@@ -22,6 +22,7 @@ from pipeline.prediction.result import (
     read_results,
     write_result,
 )
+from pipeline.tiles.engine import plan_engine
 from pipeline.tiles.runner import run_tiles
 from pipeline.wsi.readers import ImageReader, OpenSlideReader, TiffReader, open_reader
 
@@ -125,9 +126,8 @@ def _step(images: torch.Tensor) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize("workers", [0, 2])
 def test_runner_keeps_dataset_order_and_marks_unreadable_tiles(workers):
-    run = run_tiles(
-        _step, _Tiles(23, {0, 5, 6, 7, 22}), ["features"], batch_size=4, workers=workers
-    )
+    engine = plan_engine("cpu", workers=workers)
+    run = run_tiles(_step, _Tiles(23, {0, 5, 6, 7, 22}), ["features"], batch_size=4, engine=engine)
     features = run.outputs["features"]
     assert features.shape == (23, 2) and set(run.outputs) == {"features"}
     assert np.flatnonzero(~run.readable).tolist() == [0, 5, 6, 7, 22]

@@ -12,7 +12,7 @@ from models.checkpoint import ModelError, load_model, read_model_file, save_mode
 from models.meta import ModelMeta
 from pipeline.core.errors import ManifestError, UsageError
 from pipeline.tiles.augment import AugmentConfig, build_transform
-from pipeline.tiles.dataset import _HANDLES, TileDataset, all_items, collate
+from pipeline.tiles.dataset import TileDataset, all_items, collate, thread_handles
 from pipeline.training.config import load_config
 from pipeline.training.datamodule import BalancedEpochSampler, assign_splits, prepare_slides
 from pipeline.wsi.manifest import SlideEntry
@@ -123,11 +123,11 @@ def test_two_loader_workers_open_their_own_slide_handles(tiny_slides):
     transform = build_transform(AugmentConfig(), [0.5] * 3, [0.25] * 3, False)
     dataset = TileDataset(tiny_slides, all_items(tiny_slides, [0, 1, 2])[:40], transform)
     pickle.dumps(dataset)  # a Slide handle inside would raise: nothing is open yet
-    _HANDLES.clear()
+    thread_handles().clear()
     loader = torch.utils.data.DataLoader(dataset, batch_size=8, num_workers=2, collate_fn=collate)
     batches = list(loader)
     assert sum(len(b["label"]) for b in batches) == 40
-    assert not _HANDLES, "the parent process must not open slides for its workers"
+    assert not thread_handles(), "the parent process must not open slides for its workers"
 
 
 def test_an_unreadable_slide_is_skipped_not_fatal(tiny_slides, tmp_path):

@@ -19,6 +19,7 @@ from pipeline.core.atomic import writable_folder, write_text
 from pipeline.core.batch import csv_text
 from pipeline.core.errors import UsageError
 from pipeline.evaluation.metrics_report import report_level
+from pipeline.prediction.session import PredictOptions
 from pipeline.wsi.manifest import held_out, read_manifest
 
 
@@ -48,18 +49,13 @@ def evaluate_slides(
     split: str | None,
     n_boot: int,
     ihc: Path | None = None,
-    workers: int = 2,
-    device: str = "auto",
-    progress: bool = True,
-    prior: str | None = None,
-    coverage: float | None = None,
+    options: PredictOptions | None = None,
 ) -> dict:
     """Predict the held-out slides of ``manifest`` and score them (labels mapped to the
     model's classes by its class scheme)."""
     from models.checkpoint import read_meta
     from pipeline.prediction.predict import predict_slides
     from pipeline.prediction.result import read_result, result_path
-    from pipeline.prediction.session import PredictOptions
 
     meta = read_meta(model)
     scheme, classes = meta.scheme(), meta.classes
@@ -69,9 +65,7 @@ def evaluate_slides(
         raise UsageError(
             f"{manifest}: no labelled slides{f' in split {split}' if split else ''} to evaluate"
         )
-    options = PredictOptions(
-        workers=workers, device=device, progress=progress, prior=prior, coverage=coverage
-    )
+    options = options or PredictOptions()
     held = [
         {
             "slide_id": e.slide_id,
@@ -148,27 +142,22 @@ def run_evaluation(
     split: str | None = "test",
     n_boot: int = 1000,
     ihc: Path | None = None,
-    workers: int = 2,
-    device: str = "auto",
-    progress: bool = True,
-    prior: str | None = None,
-    coverage: float | None = None,
+    options: PredictOptions | None = None,
     tile_mpp: float | None = None,
 ) -> tuple[dict, list[str]]:
-    """Evaluate, write ``metrics.json`` and return it with the gate failures."""
+    """Evaluate, write ``metrics.json`` and return it with the gate failures; ``options``
+    (engine, prior, coverage, progress) are those of ``fascicle predict``."""
     from pipeline import __version__
     from pipeline.core.hashing import file_sha256
     from pipeline.evaluation.tile_bank import evaluate_tiles
 
     writable_folder(out)
+    options = options or PredictOptions()
     if manifest is not None:
-        levels = {
-            "slide": evaluate_slides(
-                manifest, model, out, split, n_boot, ihc, workers, device, progress, prior, coverage
-            )
-        }
+        levels = {"slide": evaluate_slides(manifest, model, out, split, n_boot, ihc, options)}
     else:
-        levels = evaluate_tiles(bank, model, out, n_boot, tile_mpp=tile_mpp)
+        engine = options.engine()
+        levels = evaluate_tiles(bank, model, out, n_boot, tile_mpp=tile_mpp, engine=engine)
     gated = levels["tile"] if "tile" in levels else levels["slide"]
     failures = gate.failures(gated["metrics"])
     doc = {
@@ -177,7 +166,7 @@ def run_evaluation(
         "package_version": __version__,
         "source": str(manifest or bank),
         "split": split,
-        "prior": prior or "neutral (the training balance)",
+        "prior": options.prior or "neutral (the training balance)",
         "bootstrap_resamples": n_boot,
         "levels": levels,
         "gate": {

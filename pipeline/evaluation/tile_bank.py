@@ -15,6 +15,7 @@ from pipeline.core.batch import csv_text
 from pipeline.core.errors import UsageError
 from pipeline.evaluation.metrics_report import report_level as _report
 from pipeline.evaluation.tile_sets import evaluate_tile_set
+from pipeline.tiles.engine import Engine
 from pipeline.tiles.tileset import is_tile_set
 from pipeline.wsi.manifest import held_out, read_manifest
 
@@ -165,6 +166,7 @@ def evaluate_tiles(
     n_boot: int,
     batch_size: int = 64,
     tile_mpp: float | None = None,
+    engine: Engine | None = None,
 ) -> dict:
     """Score the model on a tile bank, per tile and per slide (its tiles aggregated), or on a
     tile dataset (CSV or folder, ``tile_sets``), per tile and per patient."""
@@ -174,10 +176,11 @@ def evaluate_tiles(
     from pipeline.tiles.runner import run_tiles
 
     model, m = load_model(model_path)
+    model = engine.prepare(model) if engine else model
     if m.pools_tiles:
         raise UsageError(f"{model_path}: tile banks evaluate tile models (this one is {m.kind})")
     if is_tile_set(bank):
-        return evaluate_tile_set(bank, model, m, out, n_boot, tile_mpp, batch_size)
+        return evaluate_tile_set(bank, model, m, out, n_boot, tile_mpp, batch_size, engine)
     with read_tile_bank(bank) as f:
         classes = json.loads(f.attrs["classes"])
         if (
@@ -200,7 +203,8 @@ def evaluate_tiles(
         slides = f["slide_id"].asstr()[:]
         patients = f["patient_id"].asstr()[:]
         transform = build_transform(AugmentConfig(), m.mean, m.std, False, m.macenko)
-        run = run_tiles(model.forward_tiles, BankDataset(f, transform), ["probs"], batch_size)
+        dataset = BankDataset(f, transform)
+        run = run_tiles(model.forward_tiles, dataset, ["probs"], batch_size, engine)
     probs, k = run.outputs["probs"], m.classes
     pos = scheme.positive_index
     tile_report = _report(out, "tile", probs, labels, patients, k, None, n_boot, pos)

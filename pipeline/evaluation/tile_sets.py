@@ -17,11 +17,19 @@ from pipeline.core.atomic import write_text
 from pipeline.core.batch import csv_text
 from pipeline.core.errors import UsageError
 from pipeline.evaluation.metrics_report import report_level
+from pipeline.tiles.engine import Engine
 from pipeline.tiles.tileset import CropDataset, read_tile_set
 
 
 def evaluate_tile_set(
-    source: Path, model, meta, out: Path, n_boot: int, tile_mpp: float | None, batch_size: int
+    source: Path,
+    model,
+    meta,
+    out: Path,
+    n_boot: int,
+    tile_mpp: float | None,
+    batch_size: int,
+    engine: Engine | None = None,
 ) -> dict:
     """Tile- and patient-level reports of ``model`` on the tile set at ``source``."""
     from pipeline.tiles.aggregate import aggregate, apply_temperature
@@ -38,7 +46,7 @@ def evaluate_tile_set(
         )
     transform = build_transform(AugmentConfig(), meta.mean, meta.std, False, meta.macenko)
     dataset = CropDataset(tiles.records, meta.target_mpp, meta.tile_px, transform)
-    run = run_tiles(model.forward_tiles, dataset, ["probs"], batch_size)
+    run = run_tiles(model.forward_tiles, dataset, ["probs"], batch_size, engine)
     owner = dataset.items[:, 0]
     probs = np.stack(
         [

@@ -68,21 +68,15 @@ def _model_outputs(entry, coords, spec, loaded: LoadedModel, options: PredictOpt
     """The model's ``SlideOutput`` for the slide's tiles, through the inference runner."""
     from pipeline.tiles.augment import AugmentConfig, build_transform
     from pipeline.tiles.dataset import SlideTiles, TileDataset, all_items
-    from pipeline.tiles.runner import resolve_device, run_tiles
+    from pipeline.tiles.runner import run_tiles
 
-    m, model = loaded.meta, loaded.model
-    device = resolve_device(options.device)
+    m, model, engine = loaded.meta, loaded.model, loaded.engine
     slides = [SlideTiles(entry, -1, "test", coords, spec)]
     transform = build_transform(AugmentConfig(), m.mean, m.std, train=False, macenko=m.macenko)
     dataset = TileDataset(slides, all_items(slides, [0]), transform)
-    model.to(device).eval()
+    plain = None if m.macenko else (m.mean, m.std)
     run = run_tiles(
-        model.forward_tiles,
-        dataset,
-        model.slide_inputs,
-        options.batch_size,
-        options.workers,
-        device,
+        model.forward_tiles, dataset, model.slide_inputs, options.batch_size, engine, plain
     )
     timings["read_decode"] = run.read_s
     if not run.readable.any():
@@ -92,7 +86,7 @@ def _model_outputs(entry, coords, spec, loaded: LoadedModel, options: PredictOpt
     t = time.perf_counter()
     output = model.forward_slide(run.outputs)
     timings["model"] = run.model_s + time.perf_counter() - t
-    return output
+    return output, run.decoded_on
 
 
 def predict_slide(
@@ -115,7 +109,7 @@ def predict_slide(
     spec = TileSpec.from_attrs(attrs)
     if len(coords) == 0:
         raise FascicleError(f"{entry.path}: no tissue tiles at {spec.target_mpp} µm/px")
-    output = _model_outputs(entry, coords, spec, loaded, options, timings)
+    output, decoded_on = _model_outputs(entry, coords, spec, loaded, options, timings)
     t = time.perf_counter()
     aggregator = m.aggregator if m.pools_tiles else config.aggregator_for(m.aggregator)
     slide_probs = output.slide_probs
@@ -176,6 +170,7 @@ def predict_slide(
                 "coords": _relative(source / "tiles" / f"{entry.slide_id}.h5", out),
             },
             timings_s=timings,
+            engine={**loaded.engine.doc(), "decoded": decoded_on},
         ),
     )
     t = time.perf_counter()
@@ -265,7 +260,7 @@ def predict_slides(
             )
             write_result(out, failed)
 
-    # in this process (the model is loaded once); tiles are read by DataLoader workers
+    # in this process (the model is loaded once); tiles are read by the engine's threads
     run_slides(
         _predict_job,
         todo,
@@ -309,10 +304,9 @@ def predict_on_devices(
     from dataclasses import replace
 
     from pipeline.prediction.report import write_report, write_summary_csv
-    from pipeline.tiles.runner import resolve_device
 
     loaded = load_for_prediction(model_path, options)  # fail early, before any process
-    base = resolve_device(options.device)
+    base = loaded.engine.device
     jobs = [
         (
             shard(entries, rank, devices),

@@ -82,6 +82,8 @@ class Provenance:
     model_package_version: str | None = None
     tiling: dict | None = None
     timings_s: dict[str, float] | None = None
+    engine: dict | None = None
+    """Device, precision, decode threads, torch threads, where JPEG tiles were decoded."""
 
 
 @dataclass

@@ -8,6 +8,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -21,14 +22,22 @@ from pipeline.prediction.call import CallConfig
 from pipeline.prediction.result import SCHEMA_VERSION, read_result, result_path
 from pipeline.wsi.manifest import SlideEntry
 
+if TYPE_CHECKING:
+    from pipeline.tiles.engine import Engine
+
 
 @dataclass
 class PredictOptions:
     """Everything that shapes a prediction (hashed into each result for provenance)."""
 
     batch_size: int = 64
-    workers: int = 2
+    workers: int | None = None
+    """Tile-decoding threads (None: chosen from the cores, ``pipeline.tiles.engine``)."""
     device: str = "auto"
+    threads: int | None = None
+    """torch threads on CPU (None: every core)."""
+    precision: str = "auto"
+    decode: str = "auto"
     prior: str | None = None
     tiles_dir: str | Path | None = None
     overwrite: bool = False
@@ -44,12 +53,16 @@ class PredictOptions:
         """Refuse bad values before any slide (``UsageError`` naming the option)."""
         if self.batch_size < 1:
             raise UsageError(f"--batch-size must be at least 1, got {self.batch_size}")
-        if self.workers < 0:
-            raise UsageError(f"--workers must be 0 or more, got {self.workers}")
         if self.coverage is not None and not 0 < self.coverage < 1:
             raise UsageError(f"--coverage must be between 0 and 1, got {self.coverage}")
         if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device):
             raise UsageError(f"--device {self.device!r}: use auto, cpu, cuda or cuda:N")
+
+    def engine(self) -> Engine:
+        """The inference engine these options ask for (``UsageError`` for bad values)."""
+        from pipeline.tiles.engine import plan_engine
+
+        return plan_engine(self.device, self.precision, self.workers, self.threads, self.decode)
 
 
 @dataclass
@@ -64,6 +77,7 @@ class LoadedModel:
     call_config: CallConfig
     class_of: dict[str, str | None]
     """Knowledge-base entity → the model class that covers it."""
+    engine: Engine
 
     def image_evidence(self, probs: dict[str, float]) -> ImageEvidence:
         return ImageEvidence.build(probs, self.meta.classes, self.class_of, self.meta.balance())
@@ -73,10 +87,9 @@ def load_for_prediction(model_path: str | Path, options: PredictOptions) -> Load
     """Load and check the model, knowledge base and call settings before any slide."""
     from models.checkpoint import load_model
     from pipeline.ihc.knowledge import load_knowledge
-    from pipeline.tiles.runner import resolve_device
 
     options.check()
-    resolve_device(options.device)  # no CUDA: refused now, not per slide
+    engine = options.engine()  # bad values or no CUDA: refused now, not per slide
     model, meta = load_model(model_path)
     kb = load_knowledge(options.knowledge)
     if options.prior is not None:
@@ -92,7 +105,8 @@ def load_for_prediction(model_path: str | Path, options: PredictOptions) -> Load
         )
     config = CallConfig.load(options.calls)
     sha = file_sha256(model_path)
-    return LoadedModel(Path(model_path), sha, model, meta, kb, config, class_of)
+    model = engine.prepare(model)
+    return LoadedModel(Path(model_path), sha, model, meta, kb, config, class_of, engine)
 
 
 def shard(entries: Sequence[SlideEntry], index: int, count: int) -> list[SlideEntry]:
@@ -120,6 +134,7 @@ def params_hash(loaded: LoadedModel, options: PredictOptions, panel_text: str) -
             "ihc": panel_text,
             "calls": loaded.call_config.__dict__,
             "coverage": options.coverage,
+            "precision": loaded.engine.precision,
             "v": SCHEMA_VERSION,
         }
     )

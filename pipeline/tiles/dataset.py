@@ -1,13 +1,15 @@
 """Tiles read on the fly from slides, for any model that consumes them.
 
-No tile images are written to disk: each DataLoader worker opens its own slide handles
-(cached per process, never pickled) and reads tiles at the coordinates of ``tiles/*.h5``.
-A slide that cannot be read is logged once and its tiles are dropped by ``collate``.
+No tile images are written to disk: each DataLoader worker process and each decode thread
+opens its own slide handles (cached per thread, never pickled) and reads tiles at the
+coordinates of ``tiles/*.h5``; ``close_handles`` closes them after an inference run. A slide
+that cannot be read is logged once and its tiles are dropped by ``collate``.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,18 +35,43 @@ class SlideTiles:
     spec: TileSpec
 
 
-# -- reading tiles in workers -------------------------------------------------------------
-_HANDLES: dict[tuple[str, float | None, str], Slide] = {}
+# -- reading tiles in workers and threads ------------------------------------------------
+_LOCAL = threading.local()
+_OPENED: list[Slide] = []
+_OPENED_LOCK = threading.Lock()
 _BROKEN: set[str] = set()
 
 
+def thread_handles() -> dict[tuple[str, float | None, str], Slide]:
+    """This thread's open slides (a reader's tile cache is not shared between threads)."""
+    if not hasattr(_LOCAL, "handles"):
+        _LOCAL.handles = {}
+    return _LOCAL.handles
+
+
 def _open(entry: SlideEntry, backend: str) -> Slide:
-    """This process's handle for a slide (DataLoader workers each get their own)."""
+    """This thread's handle for a slide (DataLoader workers and decode threads each get their
+    own)."""
     key = (str(entry.path), entry.mpp, backend)
-    slide = _HANDLES.get(key)
+    handles = thread_handles()
+    slide = handles.get(key)
     if slide is None:
-        slide = _HANDLES[key] = Slide(entry.path, mpp=entry.mpp, backend=backend)
+        slide = handles[key] = Slide(entry.path, mpp=entry.mpp, backend=backend)
+        with _OPENED_LOCK:
+            _OPENED.append(slide)
     return slide
+
+
+def close_handles() -> None:
+    """Close every slide this process opened for reading tiles (once its threads are done) and
+    forget which were unreadable (a later run may find them mended)."""
+    with _OPENED_LOCK:
+        opened = _OPENED[:]
+        _OPENED.clear()
+        _BROKEN.clear()
+    for slide in opened:
+        slide.close()
+    thread_handles().clear()
 
 
 class TileDataset(Dataset):
@@ -110,6 +137,11 @@ def collate(batch: list[dict | None]) -> dict:
         "label": torch.tensor([b["label"] for b in kept], dtype=torch.long),
         "slide": torch.tensor([b["slide"] for b in kept], dtype=torch.long),
     }
+
+
+def collate_with_mask(batch: list[dict | None]) -> tuple[dict, np.ndarray]:
+    """``collate`` and which items could be read (the inference runner keeps their places)."""
+    return collate(batch), np.array([b is not None for b in batch])
 
 
 def all_items(slides: list[SlideTiles], indices: list[int]) -> np.ndarray:

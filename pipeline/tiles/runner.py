@@ -3,23 +3,28 @@
 Used by prediction, embedding, evaluation and calibration alike. ``step`` maps a batch of
 normalised tiles to named tensors (a model's ``forward_tiles``); the runner keeps the keys
 asked for, puts NaN rows where a tile could not be read, and times reading apart from the
-model. CUDA runs use pinned memory and fp16 autocast.
+model. Tiles are decoded ahead of the model by the engine's threads (``engine``), or, for
+JPEG slides on a GPU, decoded on the device itself (``jpeg_batches``); the model runs under the
+engine's autocast and memory layout.
 """
 
 from __future__ import annotations
 
-import contextlib
 import time
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, SequentialSampler
+from torch.utils.data import Dataset
 
-from pipeline.core.errors import UsageError
+from pipeline.tiles.dataset import collate_with_mask
+from pipeline.tiles.engine import Engine, plan_engine
 
 Step = Callable[[torch.Tensor], dict[str, torch.Tensor]]
+Batches = Iterator[tuple[torch.Tensor, np.ndarray]]
 
 
 @dataclass
@@ -30,15 +35,9 @@ class TileRun:
     """(N,) bool: the tile could be read."""
     read_s: float
     model_s: float
-
-
-def resolve_device(device: str) -> str:
-    """``auto`` → ``cuda`` when available, else ``cpu``; refuse CUDA where there is none."""
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError("--device cuda asked for, but no CUDA device is available; use cpu")
-    return device
+    decoded_on: str = "cpu threads"
+    """How tiles were decoded: ``cpu threads`` (one by one), or ``batched on <device>``
+    (``jpeg_batches``)."""
 
 
 def run_tiles(
@@ -46,48 +45,76 @@ def run_tiles(
     dataset: Dataset,
     keys: Sequence[str],
     batch_size: int = 64,
-    workers: int = 0,
-    device: str = "cpu",
+    engine: Engine | None = None,
+    normalise: tuple[Sequence[float], Sequence[float]] | None = None,
 ) -> TileRun:
-    """Run ``step`` over every item of ``dataset`` (items are dicts with ``image``, or None)."""
-    from pipeline.tiles.dataset import worker_init
+    """Run ``step`` over every item of ``dataset`` (items are dicts with ``image``, or None).
 
-    cuda = device.startswith("cuda")
-    loader = DataLoader(
-        dataset,
-        batch_size=batch_size,
-        sampler=SequentialSampler(dataset),
-        num_workers=workers,
-        collate_fn=_collate_with_mask,
-        worker_init_fn=worker_init if workers else None,
-        pin_memory=cuda,
-    )
-    amp = torch.autocast("cuda", dtype=torch.float16) if cuda else contextlib.nullcontext()
+    ``normalise`` (mean, std) says the dataset's transform is that normalisation alone, which
+    lets the engine decode JPEG slides on its device instead (``jpeg_batches``).
+    """
+    engine = engine or plan_engine("cpu")
+    batches, decoded_on = None, "cpu threads"
+    if engine.decode == "device" and normalise is not None:
+        from pipeline.tiles.jpeg_batches import device_batches
+
+        batches = device_batches(dataset, batch_size, engine.device, *normalise)
+        decoded_on = f"batched on {engine.device}" if batches is not None else decoded_on
+    if batches is None:
+        batches = threaded_batches(dataset, batch_size, engine.workers, pin=engine.cuda)
+    try:
+        return _run(step, batches, keys, engine, decoded_on)
+    finally:
+        from pipeline.tiles.dataset import close_handles
+
+        close_handles()
+
+
+def _run(step: Step, batches: Batches, keys: Sequence[str], engine: Engine, decoded_on: str):
     chunks: dict[str, list[np.ndarray]] = {k: [] for k in keys}
     present: list[np.ndarray] = []
     model_s, start = 0.0, time.perf_counter()
     with torch.no_grad():
-        for batch, readable in loader:
+        for images, readable in batches:
             present.append(readable)
             if not readable.any():
                 for k in keys:
                     chunks[k].append(None)
                 continue
             t = time.perf_counter()
-            with amp:
-                out = step(batch["image"].to(device, non_blocking=True))
+            with engine.autocast():
+                out = step(engine.inputs(images))
             for k in keys:
                 chunks[k].append(out[k].float().cpu().numpy())
             model_s += time.perf_counter() - t
     readable = np.concatenate(present) if present else np.zeros(0, bool)
     outputs = {k: _fill(chunks[k], present, len(readable)) for k in keys}
-    return TileRun(outputs, readable, time.perf_counter() - start - model_s, model_s)
+    return TileRun(outputs, readable, time.perf_counter() - start - model_s, model_s, decoded_on)
 
 
-def _collate_with_mask(batch: list[dict | None]) -> tuple[dict, np.ndarray]:
-    from pipeline.tiles.dataset import collate
+def threaded_batches(dataset: Dataset, batch_size: int, workers: int, pin: bool = False) -> Batches:
+    """Collated batches of ``dataset`` in order, each read by one of ``workers`` threads,
+    at most ``2 * workers`` batches ahead of the consumer (0 workers: read in line); ``pin``
+    puts them in page-locked memory for asynchronous copies to a GPU."""
+    n = len(dataset)
+    ranges = (range(i, min(i + batch_size, n)) for i in range(0, n, batch_size))
 
-    return collate(batch), np.array([b is not None for b in batch])
+    def read(indices: range) -> tuple[torch.Tensor, np.ndarray]:
+        batch, readable = collate_with_mask([dataset[i] for i in indices])
+        images = batch["image"]
+        return (images.pin_memory() if pin and len(images) else images), readable
+
+    if workers == 0:
+        yield from map(read, ranges)
+        return
+    with ThreadPoolExecutor(workers, thread_name_prefix="fascicle-decode") as pool:
+        ahead: deque = deque()
+        for indices in ranges:
+            ahead.append(pool.submit(read, indices))
+            if len(ahead) > 2 * workers:
+                yield ahead.popleft().result()
+        while ahead:
+            yield ahead.popleft().result()
 
 
 def _fill(chunks: list, present: list[np.ndarray], n: int) -> np.ndarray:

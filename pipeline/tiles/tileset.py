@@ -19,6 +19,7 @@ from __future__ import annotations
 import csv
 import logging
 import math
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -264,16 +265,21 @@ class CropDataset:
         ]
         self.items = np.array(pairs, np.int64).reshape(-1, 2)
         self._held: dict[int, np.ndarray] = {}
+        self._lock = threading.Lock()  # decode threads share the cache
 
     def __len__(self) -> int:
         return len(self.items)
 
     def crops(self, i: int) -> np.ndarray:
-        if i not in self._held:
-            if len(self._held) >= self.keep_tiles:
-                self._held.pop(next(iter(self._held)))
-            self._held[i] = tile_crops(self.records[i], self.target_mpp, self.tile_px)
-        return self._held[i]
+        with self._lock:
+            held = self._held.get(i)
+        if held is None:
+            held = tile_crops(self.records[i], self.target_mpp, self.tile_px)
+            with self._lock:
+                if len(self._held) >= self.keep_tiles:
+                    self._held.pop(next(iter(self._held)))
+                self._held[i] = held
+        return held
 
     def __getitem__(self, n: int) -> dict:
         i, j = (int(v) for v in self.items[n])

@@ -80,13 +80,14 @@ def embed_slides(
 
     from pipeline.tiles.augment import build_transform
     from pipeline.tiles.dataset import TileDataset, all_items
+    from pipeline.tiles.engine import plan_engine
     from pipeline.tiles.runner import run_tiles
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    transform = build_transform(
-        config.augment, encoder.spec["mean"], encoder.spec["std"], train=False
-    )
-    module = encoder.module.to(device)
+    mean, std = encoder.spec["mean"], encoder.spec["std"]
+    transform = build_transform(config.augment, mean, std, train=False)
+    engine = plan_engine(device, workers=config.data.num_workers or None)
+    module = engine.prepare(encoder.module)
 
     def step(images: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"features": module(images)}
@@ -101,9 +102,7 @@ def embed_slides(
                 if f.attrs.get("params_hash") == digest:
                     continue
         dataset = TileDataset(slides, all_items(slides, [i]), transform, config.data.backend)
-        run = run_tiles(
-            step, dataset, ["features"], config.data.batch_size, config.data.num_workers, device
-        )
+        run = run_tiles(step, dataset, ["features"], config.data.batch_size, engine, (mean, std))
         features = run.outputs["features"][run.readable]
         if not len(features):
             features = np.zeros((0, encoder.dim), np.float32)

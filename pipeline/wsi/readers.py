@@ -26,6 +26,7 @@ import numpy as np
 from PIL import Image
 
 from pipeline.core.errors import CorruptSlideError, SlideNotFoundError, UnsupportedFormatError
+from pipeline.wsi.jpeg_tiles import JpegLevel, TileGrid
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 FAST_VENDORS = {"aperio", "generic-tiff"}
@@ -121,11 +122,7 @@ class OpenSlideReader(Reader):
 @dataclass(frozen=True)
 class _TiffLevel:
     page: object
-    width: int
-    height: int
-    tile_width: int
-    tile_height: int
-    tiles_across: int
+    grid: TileGrid
     offsets: tuple[int, ...]
     bytecounts: tuple[int, ...]
 
@@ -179,15 +176,39 @@ class TiffReader(Reader):
                 raise ValueError("level not decodable by the fast path")
             return _TiffLevel(
                 page=page,
-                width=width,
-                height=height,
-                tile_width=page.tilewidth,
-                tile_height=page.tilelength,
-                tiles_across=-(-width // page.tilewidth),
+                grid=TileGrid(width, height, page.tilewidth, page.tilelength),
                 offsets=tuple(page.dataoffsets),
                 bytecounts=tuple(page.databytecounts),
             )
         raise ValueError(f"no tiled TIFF page of {width}x{height}")
+
+    def tile_bytes(self, level: int, index: int) -> bytes | None:
+        """The stored (compressed) bytes of one tile; None for a tile never written."""
+        lv = self._levels[level]
+        count = lv.bytecounts[index]
+        if count == 0:  # sparse TIFF
+            return None
+        data = os.pread(self._fd, count, lv.offsets[index])
+        if len(data) != count:
+            raise CorruptSlideError(
+                self.path,
+                f"tile {index} of level {level}: the file ends {count - len(data)} bytes early",
+                "the file is probably truncated or damaged; copy it again from the scanner",
+            )
+        return data
+
+    def jpeg_level(self, level: int) -> JpegLevel | None:
+        """The level's tiles as JPEG streams, or None when it is not JPEG-compressed."""
+        from tifffile import COMPRESSION, PHOTOMETRIC
+
+        page = self._levels[level].page
+        if page.compression != COMPRESSION.JPEG:
+            return None
+        rgb = page.photometric == PHOTOMETRIC.RGB
+        return JpegLevel(self._levels[level].grid, page.jpegtables, rgb)
+
+    def grid(self, level: int) -> TileGrid:
+        return self._levels[level].grid
 
     def _tile(self, level: int, index: int) -> np.ndarray | None:
         key = (level, index)
@@ -195,15 +216,12 @@ class TiffReader(Reader):
         if tile is not None:
             self._cache.move_to_end(key)
             return tile
-        lv = self._levels[level]
-        count = lv.bytecounts[index]
-        if count == 0:  # sparse TIFF: tile never written
+        data = self.tile_bytes(level, index)
+        if data is None:
             return None
-        data = os.pread(self._fd, count, lv.offsets[index])
+        page = self._levels[level].page
         try:
-            if len(data) != count:
-                raise ValueError(f"file ends {count - len(data)} bytes early")
-            segment, _, _ = lv.page.decode(data, index, jpegtables=lv.page.jpegtables)
+            segment, _, _ = page.decode(data, index, jpegtables=page.jpegtables)
         except Exception as err:
             raise CorruptSlideError(
                 self.path,
@@ -217,27 +235,16 @@ class TiffReader(Reader):
         return tile
 
     def read_region(self, x: int, y: int, level: int, width: int, height: int) -> np.ndarray:
-        lv = self._levels[level]
         ds = self.level_downsamples[level]
         fx, fy = x / ds, y / ds
         if abs(fx - round(fx)) > 1e-6 or abs(fy - round(fy)) > 1e-6:
             # OpenSlide resamples at sub-pixel offsets; defer to it so pixels stay identical
             return self._base.read_region(x, y, level, width, height)
-        lx, ly = round(fx), round(fy)
         out = np.full((height, width, 3), 255, np.uint8)
-        x0, y0 = max(lx, 0), max(ly, 0)
-        x1, y1 = min(lx + width, lv.width), min(ly + height, lv.height)
-        tw, th = lv.tile_width, lv.tile_height
-        for ty in range(y0 // th, (y1 - 1) // th + 1 if y1 > y0 else 0):
-            for tx in range(x0 // tw, (x1 - 1) // tw + 1 if x1 > x0 else 0):
-                tile = self._tile(level, ty * lv.tiles_across + tx)
-                if tile is None:
-                    continue
-                sx0, sx1 = max(x0, tx * tw), min(x1, tx * tw + tw)
-                sy0, sy1 = max(y0, ty * th), min(y1, ty * th + th)
-                out[sy0 - ly : sy1 - ly, sx0 - lx : sx1 - lx] = tile[
-                    sy0 - ty * th : sy1 - ty * th, sx0 - tx * tw : sx1 - tx * tw
-                ]
+        for piece in self._levels[level].grid.pieces(round(fx), round(fy), width, height):
+            tile = self._tile(level, piece.index)
+            if tile is not None:
+                out[piece.dst] = tile[piece.src]
         return out
 
     def close(self) -> None:

@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image
 
 from pipeline.core.errors import InvalidResolutionError, SlideError
+from pipeline.wsi.jpeg_tiles import JpegLevel
 from pipeline.wsi.readers import Reader, open_reader
 from pipeline.wsi.resolution import Resolution, resolve_mpp
 
@@ -126,6 +127,16 @@ class Slide:
     def read_region(self, x: int, y: int, level: int, width: int, height: int) -> np.ndarray:
         """RGB ``uint8`` region at ``level``; ``x, y`` in level-0 pixels; white off the image."""
         return self._reader.read_region(x, y, level, width, height)
+
+    def jpeg_level(self, level: int) -> JpegLevel | None:
+        """The level's stored JPEG tiles, for decoding elsewhere (e.g. on a GPU); None unless
+        the slide is read by the tiled-TIFF fast path and the level is JPEG-compressed."""
+        jpeg_level = getattr(self._reader, "jpeg_level", None)
+        return jpeg_level(level) if jpeg_level else None
+
+    def tile_bytes(self, level: int, index: int) -> bytes | None:
+        """Stored bytes of tile ``index`` of ``level`` (a ``jpeg_level`` slide only)."""
+        return self._reader.tile_bytes(level, index)
 
     def thumbnail(self, mpp: float) -> tuple[np.ndarray, float]:
         """The whole slide at about ``mpp`` µm/px (never finer than level 0).

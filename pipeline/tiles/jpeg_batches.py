@@ -1,0 +1,236 @@
+"""Tiles decoded from the slide's own JPEG bytes, a batch at a time, on the model's device.
+
+On a GPU machine the CPU path (decode every stored tile with libjpeg-turbo, crop, resize and
+normalise on the CPU) sets the pace, not the model. Here a background thread only reads the
+compressed bytes of the stored tiles a batch touches (one batch ahead); ``decode_jpeg`` decodes
+them together on the device (nvJPEG on CUDA), and the crop, the box resize (Pillow's BOX
+filter as a pair of matrix products) and the normalisation run there too, so the model's input
+never leaves the device. The first region of each slide is compared with the CPU reader: a
+decoder that reads colours differently sends that slide back to the CPU path, and so does any
+batch whose bytes cannot be read or decoded (the CPU path then names the damage).
+
+The same code runs on the CPU with libjpeg-turbo: that is how CI tests it without a GPU.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from pipeline.core.errors import FascicleError
+from pipeline.tiles.dataset import TileDataset, collate_with_mask
+from pipeline.wsi.jpeg_tiles import JpegLevel, Piece
+from pipeline.wsi.slide import Slide
+
+log = logging.getLogger(__name__)
+MAX_MEAN_DIFFERENCE = 2.0
+"""Grey levels: more between the device's region and the CPU reader's means another colour
+transform (e.g. RGB JPEG read as YCbCr: ~50), not decoder rounding (< 1)."""
+
+Decode = Callable[[list[torch.Tensor]], list[torch.Tensor]]
+
+
+def box_weights(size_in: int, size_out: int) -> np.ndarray:
+    """(size_out, size_in) weights of Pillow's BOX resampling along one axis (its
+    ``precompute_coeffs``): each output pixel averages the inputs whose centres fall in it."""
+    scale = size_in / size_out
+    support = 0.5 * max(scale, 1.0)
+    weights = np.zeros((size_out, size_in), np.float64)
+    for i in range(size_out):
+        centre = (i + 0.5) * scale
+        lo = max(int(centre - support + 0.5), 0)
+        hi = min(int(centre + support + 0.5), size_in)
+        x = (np.arange(lo, hi) - centre + 0.5) / max(scale, 1.0)
+        w = ((x > -0.5) & (x <= 0.5)).astype(np.float64)
+        weights[i, lo:hi] = w / w.sum() if w.sum() else 0
+    return weights
+
+
+@dataclass
+class _SlideJpeg:
+    slide: Slide
+    jpeg: JpegLevel
+    level: int
+    downsample: int
+    patch: int
+    weights: torch.Tensor | None
+    checked: bool = False
+    on_cpu: bool = False
+
+
+def _open(dataset: TileDataset, device: str) -> list[_SlideJpeg] | None:
+    """Each slide's JPEG level, or None when any slide is not a JPEG tiled TIFF aligned with
+    its tiles (the CPU path reads those)."""
+    opened: list[_SlideJpeg] = []
+    try:
+        for tiles in dataset.slides:
+            spec = tiles.spec
+            slide = Slide(tiles.entry.path, mpp=tiles.entry.mpp, backend=dataset.backend)
+            ds = slide.level_downsamples[spec.level]
+            jpeg = slide.jpeg_level(spec.level)
+            opened.append(_SlideJpeg(slide, jpeg, spec.level, round(ds), spec.patch_size, None))
+            if jpeg is None or abs(ds - round(ds)) > 1e-6:
+                raise ValueError(f"{tiles.entry.slide_id}: level {spec.level} is not JPEG tiles")
+            if spec.patch_size != spec.tile_px:
+                w = box_weights(spec.patch_size, spec.tile_px)
+                opened[-1].weights = torch.tensor(w, dtype=torch.float32, device=device)
+    except (FascicleError, OSError, ValueError) as err:
+        log.info("tiles decoded on the CPU: %s", err)
+        for s in opened:
+            s.slide.close()
+        return None
+    return opened
+
+
+def device_batches(
+    dataset: TileDataset,
+    batch_size: int,
+    device: str,
+    mean: Sequence[float],
+    std: Sequence[float],
+    decode: Decode | None = None,
+) -> Iterator[tuple[torch.Tensor, np.ndarray]] | None:
+    """Normalised (B, 3, tile_px, tile_px) float32 batches on ``device`` with their readable
+    mask, as ``threaded_batches`` gives them; None when a slide does not allow it.
+
+    ``decode`` turns a list of JPEG byte tensors into (3, H, W) uint8 tensors on ``device``
+    (default: ``torchvision.io.decode_jpeg`` there)."""
+    if not isinstance(dataset, TileDataset) or not len(dataset):
+        return None
+    slides = _open(dataset, device)
+    if slides is None:
+        return None
+    if decode is None:
+        decode = _torchvision_decoder(device)
+
+    shift = torch.tensor(mean, device=device).view(1, 3, 1, 1) * 255
+    scale = torch.tensor(std, device=device).view(1, 3, 1, 1) * 255
+    return _batches(dataset, slides, batch_size, device, decode, shift, scale)
+
+
+def _torchvision_decoder(device: str) -> Decode:
+    """``torchvision.io.decode_jpeg`` on ``device`` (nvJPEG on CUDA, libjpeg-turbo on CPU)."""
+    import warnings
+
+    with warnings.catch_warnings():  # torchvision >= 0.29 points to TorchCodec; still works
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from torchvision.io import ImageReadMode, decode_jpeg
+
+    def decode(data: list[torch.Tensor]) -> list[torch.Tensor]:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
+
+    return decode
+
+
+def _read(dataset: TileDataset, slides: list[_SlideJpeg], indices: range):
+    """Pieces of each item and the JPEG streams they need (runs in the reading thread)."""
+    plans: list[tuple[int, list[Piece]]] = []
+    keys: list[tuple[int, int]] = []
+    streams: list[torch.Tensor] = []
+    seen: set[tuple[int, int]] = set()
+    for i in indices:
+        s, x, y = (int(v) for v in dataset.items[i])
+        sj = slides[s]
+        if sj.on_cpu or x % sj.downsample or y % sj.downsample:
+            raise ValueError(f"tile {i} is read on the CPU")
+        pieces = sj.jpeg.grid.pieces(x // sj.downsample, y // sj.downsample, sj.patch, sj.patch)
+        plans.append((s, pieces))
+        for piece in pieces:
+            key = (s, piece.index)
+            if key in seen:
+                continue
+            seen.add(key)
+            data = sj.slide.tile_bytes(sj.level, piece.index)
+            if data is not None:
+                keys.append(key)
+                streams.append(torch.frombuffer(bytearray(sj.jpeg.stream(data)), dtype=torch.uint8))
+    return plans, keys, streams
+
+
+def _assemble(plans, tiles: dict, slides: list[_SlideJpeg], device: str) -> torch.Tensor:
+    """(B, 3, patch, patch) uint8 regions from the decoded stored tiles (white off the slide)."""
+    out: list[torch.Tensor] = []
+    for s, pieces in plans:
+        sj = slides[s]
+        region = torch.full((3, sj.patch, sj.patch), 255, dtype=torch.uint8, device=device)
+        for p in pieces:
+            tile = tiles.get((s, p.index))
+            if tile is not None:
+                region[:, p.dst[0], p.dst[1]] = tile[:3, p.src[0], p.src[1]]
+        out.append(region)
+    return torch.stack(out)
+
+
+def _check(sj: _SlideJpeg, region: torch.Tensor, x: int, y: int) -> None:
+    """Send the slide to the CPU path when the device reads its first region differently."""
+    sj.checked = True
+    cpu = sj.slide.read_region(x, y, sj.level, sj.patch, sj.patch).astype(np.float32)
+    mine = region.permute(1, 2, 0).cpu().numpy().astype(np.float32)
+    diff = float(np.abs(mine - cpu).mean())
+    if diff > MAX_MEAN_DIFFERENCE:
+        sj.on_cpu = True
+        log.warning(
+            "%s: the device's JPEG decoder differs from the CPU reader by %.1f grey levels on "
+            "average; this slide is decoded on the CPU",
+            sj.slide.path,
+            diff,
+        )
+
+
+def _on_device(dataset, slides, indices, read, decode: Decode, device: str):
+    """The batch's uint8 regions decoded on the device, or None when the CPU must read it."""
+    if isinstance(read, Exception):
+        log.debug("tiles %d.. read on the CPU: %s", indices[0], read)
+        return None
+    plans, keys, streams = read
+    s = plans[0][0]
+    if any(p[0] != s for p in plans):
+        return None  # a batch spanning two slides (their patch sizes may differ)
+    try:
+        tiles = dict(zip(keys, decode(streams) if streams else [], strict=True))
+    except RuntimeError as err:  # a damaged tile (the CPU path names it), or no decoder
+        log.warning("%s: tiles %d.. decoded on the CPU (%s)", slides[s].slide.path, indices[0], err)
+        return None
+    regions = _assemble(plans, tiles, slides, device)
+    if not slides[s].checked:
+        _, x, y = (int(v) for v in dataset.items[indices[0]])
+        _check(slides[s], regions[0], x, y)
+    return None if slides[s].on_cpu else regions
+
+
+def _batches(dataset, slides, batch_size, device, decode: Decode, shift, scale):
+    n = len(dataset)
+    ranges = [range(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
+    try:
+        with ThreadPoolExecutor(1, thread_name_prefix="fascicle-jpeg-read") as pool:
+            pending = pool.submit(_read, dataset, slides, ranges[0])
+            for k, indices in enumerate(ranges):
+                try:
+                    read = pending.result()
+                except (FascicleError, OSError, ValueError) as err:
+                    read = err
+                if k + 1 < len(ranges):
+                    pending = pool.submit(_read, dataset, slides, ranges[k + 1])
+                regions = _on_device(dataset, slides, indices, read, decode, device)
+                if regions is None:
+                    batch, readable = collate_with_mask([dataset[i] for i in indices])
+                    if not readable.all():  # damaged: the CPU path reads the rest, as it would
+                        for s in {int(dataset.items[i][0]) for i in indices}:
+                            slides[s].on_cpu = True
+                    yield batch["image"], readable
+                    continue
+                images = regions.float()
+                weights = slides[read[0][0][0]].weights
+                if weights is not None:
+                    images = weights @ images @ weights.T
+                yield (images - shift) / scale, np.ones(len(indices), bool)
+    finally:
+        for sj in slides:
+            sj.slide.close()
