@@ -1,23 +1,27 @@
 """Tiles decoded from the slide's own JPEG bytes, a batch at a time, on the model's device.
 
 On a GPU machine the CPU path (decode every stored tile with libjpeg-turbo, crop, resize and
-normalise on the CPU) sets the pace, not the model. Here a background thread only reads the
-compressed bytes of the stored tiles a batch touches (one batch ahead); ``decode_jpeg`` decodes
-them together on the device (nvJPEG on CUDA), and the crop, the box resize (Pillow's BOX
-filter as a pair of matrix products) and the normalisation run there too, so the model's input
-never leaves the device. The first region of each slide is compared with the CPU reader: a
-decoder that reads colours differently sends that slide back to the CPU path, and so does any
-batch whose bytes cannot be read or decoded (the CPU path then names the damage).
+normalise on the CPU) sets the pace, not the model. Here producer threads, each on its own
+CUDA stream and a batch ahead of the model, read the compressed bytes of the stored tiles a
+batch touches; ``decode_jpeg`` decodes them together on the device (nvJPEG on CUDA), and the
+crop, the box resize (Pillow's BOX filter as a pair of matrix products) and the normalisation
+run there too, so the model's input never leaves the device. The first region of each slide is
+compared with the CPU reader: a decoder that reads colours differently sends that slide back
+to the CPU path, and so does any batch whose bytes cannot be read or decoded (the CPU path
+then names the damage).
 
 The same code runs on the CPU with libjpeg-turbo: that is how CI tests it without a GPU.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import threading
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -61,6 +65,7 @@ class _SlideJpeg:
     weights: torch.Tensor | None
     checked: bool = False
     on_cpu: bool = False
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 def _open(dataset: TileDataset, device: str) -> list[_SlideJpeg] | None:
@@ -94,12 +99,14 @@ def device_batches(
     mean: Sequence[float],
     std: Sequence[float],
     decode: Decode | None = None,
+    producers: int = 2,
 ) -> Iterator[tuple[torch.Tensor, np.ndarray]] | None:
     """Normalised (B, 3, tile_px, tile_px) float32 batches on ``device`` with their readable
     mask, as ``threaded_batches`` gives them; None when a slide does not allow it.
 
     ``decode`` turns a list of JPEG byte tensors into (3, H, W) uint8 tensors on ``device``
-    (default: ``torchvision.io.decode_jpeg`` there)."""
+    (default: ``torchvision.io.decode_jpeg`` there); ``producers`` threads each read, decode
+    and assemble a batch, so decoding overlaps the model."""
     if not isinstance(dataset, TileDataset) or not len(dataset):
         return None
     slides = _open(dataset, device)
@@ -110,7 +117,8 @@ def device_batches(
 
     shift = torch.tensor(mean, device=device).view(1, 3, 1, 1) * 255
     scale = torch.tensor(std, device=device).view(1, 3, 1, 1) * 255
-    return _batches(dataset, slides, batch_size, device, decode, shift, scale)
+    job = _Job(dataset, slides, device, decode, shift, scale)
+    return _batches(job, batch_size, producers)
 
 
 def _torchvision_decoder(device: str) -> Decode:
@@ -184,53 +192,84 @@ def _check(sj: _SlideJpeg, region: torch.Tensor, x: int, y: int) -> None:
         )
 
 
-def _on_device(dataset, slides, indices, read, decode: Decode, device: str):
+@dataclass
+class _Job:
+    """What every producer thread shares for one dataset."""
+
+    dataset: TileDataset
+    slides: list[_SlideJpeg]
+    device: str
+    decode: Decode
+    shift: torch.Tensor
+    scale: torch.Tensor
+
+
+_STREAMS = threading.local()
+
+
+def _on_device(job: _Job, indices: range, read) -> torch.Tensor | None:
     """The batch's uint8 regions decoded on the device, or None when the CPU must read it."""
     if isinstance(read, Exception):
         log.debug("tiles %d.. read on the CPU: %s", indices[0], read)
         return None
     plans, keys, streams = read
     s = plans[0][0]
+    sj = job.slides[s]
     if any(p[0] != s for p in plans):
         return None  # a batch spanning two slides (their patch sizes may differ)
     try:
-        tiles = dict(zip(keys, decode(streams) if streams else [], strict=True))
+        tiles = dict(zip(keys, job.decode(streams) if streams else [], strict=True))
     except RuntimeError as err:  # a damaged tile (the CPU path names it), or no decoder
-        log.warning("%s: tiles %d.. decoded on the CPU (%s)", slides[s].slide.path, indices[0], err)
+        log.warning("%s: tiles %d.. decoded on the CPU (%s)", sj.slide.path, indices[0], err)
         return None
-    regions = _assemble(plans, tiles, slides, device)
-    if not slides[s].checked:
-        _, x, y = (int(v) for v in dataset.items[indices[0]])
-        _check(slides[s], regions[0], x, y)
-    return None if slides[s].on_cpu else regions
+    regions = _assemble(plans, tiles, job.slides, job.device)
+    with sj.lock:  # no batch of a slide leaves before its first region has been checked
+        if not sj.checked:
+            _, x, y = (int(v) for v in job.dataset.items[indices[0]])
+            _check(sj, regions[0], x, y)
+        return None if sj.on_cpu else regions
 
 
-def _batches(dataset, slides, batch_size, device, decode: Decode, shift, scale):
-    n = len(dataset)
-    ranges = [range(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
+def _produce(job: _Job, indices: range) -> tuple[torch.Tensor, np.ndarray]:
+    """One batch, ready for the model (runs in a producer thread, on its own CUDA stream so
+    it overlaps the model's work on the previous batch)."""
+    cuda = job.device.startswith("cuda")
+    if cuda and not hasattr(_STREAMS, "stream"):
+        _STREAMS.stream = torch.cuda.Stream(job.device)
+    with torch.cuda.stream(_STREAMS.stream) if cuda else contextlib.nullcontext():
+        try:
+            read = _read(job.dataset, job.slides, indices)
+        except (FascicleError, OSError, ValueError) as err:
+            read = err
+        regions = _on_device(job, indices, read)
+        if regions is None:
+            batch, readable = collate_with_mask([job.dataset[i] for i in indices])
+            if not readable.all():  # damaged: the CPU path reads the rest, as it would
+                for s in {int(job.dataset.items[i][0]) for i in indices}:
+                    job.slides[s].on_cpu = True
+            return batch["image"], readable
+        images = regions.float()
+        weights = job.slides[read[0][0][0]].weights
+        if weights is not None:
+            images = weights @ images @ weights.T
+        images = (images - job.shift) / job.scale
+        if cuda:
+            _STREAMS.stream.synchronize()  # ready before the model's stream reads it
+        return images, np.ones(len(indices), bool)
+
+
+def _batches(job: _Job, batch_size: int, producers: int):
+    n = len(job.dataset)
+    ranges = (range(i, min(i + batch_size, n)) for i in range(0, n, batch_size))
     try:
-        with ThreadPoolExecutor(1, thread_name_prefix="fascicle-jpeg-read") as pool:
-            pending = pool.submit(_read, dataset, slides, ranges[0])
-            for k, indices in enumerate(ranges):
-                try:
-                    read = pending.result()
-                except (FascicleError, OSError, ValueError) as err:
-                    read = err
-                if k + 1 < len(ranges):
-                    pending = pool.submit(_read, dataset, slides, ranges[k + 1])
-                regions = _on_device(dataset, slides, indices, read, decode, device)
-                if regions is None:
-                    batch, readable = collate_with_mask([dataset[i] for i in indices])
-                    if not readable.all():  # damaged: the CPU path reads the rest, as it would
-                        for s in {int(dataset.items[i][0]) for i in indices}:
-                            slides[s].on_cpu = True
-                    yield batch["image"], readable
-                    continue
-                images = regions.float()
-                weights = slides[read[0][0][0]].weights
-                if weights is not None:
-                    images = weights @ images @ weights.T
-                yield (images - shift) / scale, np.ones(len(indices), bool)
+        with ThreadPoolExecutor(producers, thread_name_prefix="fascicle-jpeg") as pool:
+            ahead: deque = deque()
+            for indices in ranges:
+                ahead.append(pool.submit(_produce, job, indices))
+                if len(ahead) > producers:
+                    yield ahead.popleft().result()
+            while ahead:
+                yield ahead.popleft().result()
     finally:
-        for sj in slides:
+        for sj in job.slides:
             sj.slide.close()
