@@ -9,7 +9,8 @@ On a large synthetic JPEG slide (``bench_tiling.make_slide``, cached), prints ti
 (d) a baseline in the same run: the previous engine (DataLoader worker processes, fp32, 2
     workers), end to end;
 then the largest difference in tile probabilities between the engine's precision and fp32,
-and (CPU) the peak RSS of whole ``fascicle predict`` runs on slides of two areas.
+and (CPU) the peak memory (RSS and PSS) of whole ``fascicle predict`` runs on slides of two
+areas.
 
 Usage: python scripts/bench_predict.py [--backbone small_cnn --tile-px 96 --mpp 1.0]
        [--size 40000x30000 --slide-mpp 0.25] [--device auto] [--precision auto]
@@ -148,7 +149,32 @@ def baseline_rate(dataset, model, device: str, batch: int, most: int = 4000) -> 
     return n / (time.perf_counter() - start)
 
 
-def peak_rss(slide: Path, model: Path, out: Path, device: str) -> float:
+def _tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (Linux ``/proc``)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        for task in Path(f"/proc/{p}/task").glob("*"):
+            with contextlib.suppress(OSError):
+                todo += [int(c) for c in (task / "children").read_text().split()]
+    return out
+
+
+def _pss_mb(pids: list[int]) -> float:
+    total = 0
+    for p in pids:
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{p}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    total += int(line.split()[1])
+    return total / 1024
+
+
+def peak_memory(slide: Path, model: Path, out: Path, device: str) -> tuple[float, float]:
+    """Peak RSS (main + its largest child, as ``getrusage`` reports them: libraries both map
+    count twice) and peak PSS of the whole process tree (shared pages split between the
+    processes that map them, sampled every 50 ms) of a whole ``fascicle predict`` run, MB."""
     command = ["-q", "predict", str(slide), "--model", str(model), "--out", str(out)]
     code = (
         f"import resource, sys; sys.path.insert(0, {str(ROOT)!r})\n"
@@ -158,8 +184,13 @@ def peak_rss(slide: Path, model: Path, out: Path, device: str) -> float:
         "usage += resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss\n"
         "print(usage / 1024)\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    return float(done.stdout.strip().splitlines()[-1])
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    pss = 0.0
+    while proc.poll() is None:
+        pss = max(pss, _pss_mb(_tree(proc.pid)))
+        time.sleep(0.05)
+    rss = float(proc.stdout.read().strip().splitlines()[-1])
+    return rss, pss
 
 
 def main() -> None:
@@ -246,10 +277,10 @@ def main() -> None:
             args.cache / f"half_{w // 1.414:.0f}.tiff", round(w / 1.414), round(h / 1.414)
         )
         device = engine.device
-        figures["rss_mb"] = {
-            "half": peak_rss(half, model_path, work / "rss_half", device),
-            "full": peak_rss(large, model_path, work / "rss_full", device),
-        }
+        figures["rss_mb"], figures["pss_mb"] = {}, {}
+        for name, path in (("half", half), ("full", large)):
+            rss, pss = peak_memory(path, model_path, work / f"mem_{name}", device)
+            figures["rss_mb"][name], figures["pss_mb"][name] = rss, pss
     _print(figures, args, engine)
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2, default=str))
@@ -307,8 +338,9 @@ def _print(f: dict, args, engine) -> None:
         )
     if "rss_mb" in f:
         print(
-            f"  peak RSS of a whole predict run: {f['rss_mb']['half']:.0f} MB (half area), "
-            f"{f['rss_mb']['full']:.0f} MB (full area)"
+            f"  peak memory of a whole predict run (main process + slide worker), half / full "
+            f"area: RSS {f['rss_mb']['half']:.0f} / {f['rss_mb']['full']:.0f} MB, "
+            f"PSS {f['pss_mb']['half']:.0f} / {f['pss_mb']['full']:.0f} MB"
         )
 
 
