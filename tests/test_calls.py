@@ -106,6 +106,25 @@ def test_the_entity_within_a_called_class_is_settled_only_on_evidence(panel, set
         assert f"not settled within {call.label}" in call.entity_note
 
 
+def test_a_panel_read_only_in_part_is_never_called():
+    """An unread fragment may hold the decisive result (a held-out PEComa's "Human Melanoma
+    Black-45" was once unread, and vimentin alone called it metastatic carcinoma 0.79)."""
+    kb, config = load_knowledge(), CallConfig.load()
+    clean = "desmin+ h-caldesmon+ SMA+ EMA- PR- S100- STAT6- HMB45-"
+    assert not make_call(kb, config, parse_panel(clean, kb), None, "uniform").call.indeterminate
+    call = make_call(kb, config, parse_panel(clean + ", XQ-77 positive", kb), None, "uniform").call
+    assert call.indeterminate and any(
+        "could not be read ('XQ-77 positive')" in r for r in call.reasons
+    )
+    noted = parse_panel(clean + ", CD10 negative, E-cadherin negative, Syn -", kb)
+    assert not noted.unknown and len(noted.noted) == 3  # known markers, recorded and unused
+    read = parse_panel(
+        "stained positively for Human Melanoma Black-45, but negatively for CKpan", kb
+    )
+    assert read.results["HMB45"].state == "positive"
+    assert read.results["panCK_AE1AE3"].state == "negative"
+
+
 def test_partial_or_unknown_image_probabilities_are_errors():
     with pytest.raises(UsageError, match=r"sum to 0\.90"):
         _evidence({"leiomyosarcoma": 0.9})

@@ -44,6 +44,8 @@ STOP_WORDS = frozenset(
         "staining",
         "stain",
         "stains",
+        "stained",
+        "but",
         "immunoreactivity",
         "immunostain",
         "immunohistochemistry",
@@ -86,6 +88,7 @@ POSITIVE = frozenset(
         "extensively",
         "immunoreactive",
         "immunopositive",
+        "positively",
     ]
 )
 NEGATIVE = frozenset(
@@ -106,6 +109,7 @@ NEGATIVE = frozenset(
         "non-reactive",
         "unreactive",
         "immunonegative",
+        "negatively",
         "nil",
     ]
 )

@@ -280,6 +280,14 @@ def make_call(
         if posterior is None:
             raise UsageError("nothing to call: give image probabilities or an IHC panel")
         return SlideCall(decide_image(posterior, config, n_tiles, reasons), posterior)
+    if panel.unknown:  # an unread fragment may hold the decisive result (a missed alias)
+        shown = "; ".join(repr(f) for f in panel.unknown[:3])
+        more = f" and {len(panel.unknown) - 3} more" if len(panel.unknown) > 3 else ""
+        reasons = [
+            *reasons,
+            f"{len(panel.unknown)} IHC panel fragment(s) could not be read ({shown}{more}); "
+            "a call needs the whole panel read: correct or remove them",
+        ]
     options = {"prior": prior, "kb": kb, "image_floor": config.image_prob_floor}
     diff = fuse(panel, image, **options)
     ihc_only = fuse(panel, image.neutral(), **options) if image is not None else None

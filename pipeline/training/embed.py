@@ -86,7 +86,7 @@ def embed_slides(
     out_dir.mkdir(parents=True, exist_ok=True)
     mean, std = encoder.spec["mean"], encoder.spec["std"]
     transform = build_transform(config.augment, mean, std, train=False)
-    engine = plan_engine(device, workers=config.data.num_workers or None)
+    engine = plan_engine(device, workers=config.data.num_workers)
     module = engine.prepare(encoder.module)
 
     def step(images: torch.Tensor) -> dict[str, torch.Tensor]:
