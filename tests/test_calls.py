@@ -125,6 +125,19 @@ def test_a_panel_read_only_in_part_is_never_called():
     assert read.results["panCK_AE1AE3"].state == "negative"
 
 
+def test_a_lead_the_prior_gives_over_a_barely_separated_rival_is_not_a_call():
+    """A held-out schwannoma ("S-100 and GFAP positive, EMA negative") came out glioblastoma
+    0.95 under the dural prior: the evidence favours it only ~2-fold, the prior 17-fold."""
+    kb, config = load_knowledge(), CallConfig.load()
+    panel = parse_panel("positivity for S-100 protein and GFAP and negativity for EMA", kb)
+    dural = make_call(kb, config, panel, None, "dural_high_grade").call
+    assert dural.entity == "glioblastoma_gliosarcoma" and dural.probability > 0.9
+    assert dural.indeterminate
+    assert any("Schwannoma" in r and "the prior decides" in r for r in dural.reasons)
+    flat = make_call(kb, config, panel, None, "uniform").call  # equal priors: no such reason
+    assert not any("the prior decides" in r for r in flat.reasons)
+
+
 def test_partial_or_unknown_image_probabilities_are_errors():
     with pytest.raises(UsageError, match=r"sum to 0\.90"):
         _evidence({"leiomyosarcoma": 0.9})

@@ -213,3 +213,18 @@ def test_run_tiles_decodes_in_batches_only_where_the_slide_allows(block_tiff, di
     assert dicom.decoded_on == "cpu threads" and dicom.readable.all()
     plain = run_tiles(step, _dataset(block_tiff, 0.5, 224), ["m"], 8, engine)  # no normalise
     assert plain.decoded_on == "cpu threads"
+
+
+def test_only_the_slides_a_dataset_reads_are_opened(block_tiff, dicom_wsi):
+    """``fascicle embed`` gives every dataset all slides and one slide's items: a DICOM slide
+    among the others must not send the JPEG one to the CPU."""
+    jpeg = _dataset(block_tiff, 0.5, 224)
+    with Slide(dicom_wsi) as slide:
+        mpp = slide.mpp * 2
+    other = _dataset(dicom_wsi, mpp, 64).slides[0]
+    both = [jpeg.slides[0], other]
+    dataset = TileDataset(both, all_items(both, [0]), jpeg.transform)
+    batches = device_batches(dataset, 8, "cpu", MEAN, STD)
+    assert batches is not None and sum(len(m) for _, m in batches) == len(jpeg)
+    assert device_batches(TileDataset(both, all_items(both, [1]), jpeg.transform), 8, "cpu",
+                          MEAN, STD) is None  # fmt: skip

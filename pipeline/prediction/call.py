@@ -43,6 +43,11 @@ class CallConfig:
     min_panel_fit: float = 0.01
     """The leading entity must explain the panel better than this share of its own
     simulated panels, else "no entity in the knowledge base explains this panel"."""
+    min_evidence_ratio: float = 3.0
+    """The evidence (IHC and image, not the prior) must favour the leading entity by at least
+    this likelihood ratio over every rival of another class that the prior puts lower and that
+    keeps ``min_rival_share`` of the posterior, else "the prior decides between them"."""
+    min_rival_share: float = 0.02
 
     @classmethod
     def load(cls, path: str | Path | None = None) -> CallConfig:
@@ -220,7 +225,35 @@ def _evidence_reasons(
             f"prior-driven: the evidence favours {diff.kb.entity_names[best]}; the prior puts "
             f"{diff.kb.entity_names[entity]} first"
         )
+    elif rival := _close_rival(diff, entity, config):
+        name, ratio = rival
+        reasons.append(
+            f"prior-driven: the evidence favours {diff.kb.entity_names[entity]} over {name} "
+            f"only {ratio:.1f}-fold (< {config.min_evidence_ratio:g}); the prior decides "
+            "between them"
+        )
     return reasons
+
+
+def _close_rival(diff: Differential, entity: str, config: CallConfig) -> tuple[str, float] | None:
+    """The likeliest entity of another class that keeps ``min_rival_share`` of the posterior,
+    that the prior puts below ``entity`` and that the evidence separates from it less than
+    ``min_evidence_ratio``-fold: the prior, not the evidence, decides between the two."""
+    i = diff.entities.index(entity)
+    evidence = diff.ihc_loglik + np.log(np.maximum(diff.image_likelihood, 1e-300))
+    home = diff.class_of(entity) or entity
+    rivals = [
+        j
+        for j, e in enumerate(diff.entities)
+        if (diff.class_of(e) or e) != home
+        and diff.posterior[j] >= config.min_rival_share
+        and diff.prior[j] < diff.prior[i]
+    ]
+    close = [j for j in rivals if evidence[i] - evidence[j] < np.log(config.min_evidence_ratio)]
+    if not close:
+        return None
+    j = max(close, key=lambda k: diff.posterior[k])
+    return diff.kb.entity_names[diff.entities[j]], float(np.exp(evidence[i] - evidence[j]))
 
 
 def decide_image(

@@ -68,26 +68,26 @@ class _SlideJpeg:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
-def _open(dataset: TileDataset, device: str) -> list[_SlideJpeg] | None:
-    """Each slide's JPEG level, or None when any slide is not a JPEG tiled TIFF aligned with
-    its tiles (the CPU path reads those)."""
-    opened: list[_SlideJpeg] = []
+def _open(dataset: TileDataset, device: str) -> dict[int, _SlideJpeg] | None:
+    """The JPEG level of each slide the dataset's items use, or None when one is not a JPEG
+    tiled TIFF aligned with its tiles (the CPU path reads those)."""
+    opened: dict[int, _SlideJpeg] = {}
     try:
-        for tiles in dataset.slides:
-            spec = tiles.spec
+        for s in np.unique(dataset.items[:, 0]).tolist():
+            tiles, spec = dataset.slides[s], dataset.slides[s].spec
             slide = Slide(tiles.entry.path, mpp=tiles.entry.mpp, backend=dataset.backend)
             ds = slide.level_downsamples[spec.level]
             jpeg = slide.jpeg_level(spec.level)
-            opened.append(_SlideJpeg(slide, jpeg, spec.level, round(ds), spec.patch_size, None))
+            opened[s] = _SlideJpeg(slide, jpeg, spec.level, round(ds), spec.patch_size, None)
             if jpeg is None or abs(ds - round(ds)) > 1e-6:
                 raise ValueError(f"{tiles.entry.slide_id}: level {spec.level} is not JPEG tiles")
             if spec.patch_size != spec.tile_px:
                 w = box_weights(spec.patch_size, spec.tile_px)
-                opened[-1].weights = torch.tensor(w, dtype=torch.float32, device=device)
+                opened[s].weights = torch.tensor(w, dtype=torch.float32, device=device)
     except (FascicleError, OSError, ValueError) as err:
         log.info("tiles decoded on the CPU: %s", err)
-        for s in opened:
-            s.slide.close()
+        for sj in opened.values():
+            sj.slide.close()
         return None
     return opened
 
@@ -137,7 +137,7 @@ def _torchvision_decoder(device: str) -> Decode:
     return decode
 
 
-def _read(dataset: TileDataset, slides: list[_SlideJpeg], indices: range):
+def _read(dataset: TileDataset, slides: dict[int, _SlideJpeg], indices: range):
     """Pieces of each item and the JPEG streams they need (runs in the reading thread)."""
     plans: list[tuple[int, list[Piece]]] = []
     keys: list[tuple[int, int]] = []
@@ -162,7 +162,7 @@ def _read(dataset: TileDataset, slides: list[_SlideJpeg], indices: range):
     return plans, keys, streams
 
 
-def _assemble(plans, tiles: dict, slides: list[_SlideJpeg], device: str) -> torch.Tensor:
+def _assemble(plans, tiles: dict, slides: dict[int, _SlideJpeg], device: str) -> torch.Tensor:
     """(B, 3, patch, patch) uint8 regions from the decoded stored tiles (white off the slide)."""
     out: list[torch.Tensor] = []
     for s, pieces in plans:
@@ -197,7 +197,7 @@ class _Job:
     """What every producer thread shares for one dataset."""
 
     dataset: TileDataset
-    slides: list[_SlideJpeg]
+    slides: dict[int, _SlideJpeg]
     device: str
     decode: Decode
     shift: torch.Tensor
@@ -271,5 +271,5 @@ def _batches(job: _Job, batch_size: int, producers: int):
             while ahead:
                 yield ahead.popleft().result()
     finally:
-        for sj in job.slides:
+        for sj in job.slides.values():
             sj.slide.close()
