@@ -138,6 +138,27 @@ def test_a_lead_the_prior_gives_over_a_barely_separated_rival_is_not_a_call():
     assert not any("the prior decides" in r for r in flat.reasons)
 
 
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("MALT lymphoma expressing CD20, CD52 and CD38", {"CD20": "positive"}),
+        ("tumour cells not expressing desmin or SMA", {"desmin": "negative", "SMA": "negative"}),
+        (
+            "cells expressed desmin and h-caldesmon",
+            {"desmin": "positive", "h_caldesmon": "positive"},
+        ),
+    ],
+)
+def test_expressing_reads_as_a_result_for_the_markers_after_it(text, expected):
+    panel = parse_panel(text, KB)
+    assert {k: r.state for k, r in panel.results.items()} == expected and not panel.unknown
+
+
+def test_neither_nor_is_refused_not_flipped():
+    with pytest.raises(UsageError, match="neither"):
+        parse_panel("neither desmin nor SMA positive", KB)
+
+
 def test_partial_or_unknown_image_probabilities_are_errors():
     with pytest.raises(UsageError, match=r"sum to 0\.90"):
         _evidence({"leiomyosarcoma": 0.9})

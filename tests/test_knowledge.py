@@ -8,11 +8,11 @@ from pipeline.ihc.knowledge import DEFAULT_PATH, load_knowledge
 
 def test_shipped_knowledge_base_is_complete_and_sourced():
     kb = load_knowledge()
-    assert len(kb.entities) == 16 and len(kb.markers) == 42
-    added = ("BCL2", "CD99", "CK7", "SS18_SSX", "OLIG2", "FLI1", "NKX2_2")
+    assert len(kb.entities) == 17 and len(kb.markers) == 44
+    added = ("BCL2", "CD99", "CK7", "SS18_SSX", "OLIG2", "FLI1", "NKX2_2", "CD20", "CD3")
     kinds = ("DATA", "ESTIMATE", "CONFLICTING")
     assert all(kb.sources[(e, m)].startswith(kinds) for e in kb.entities for m in added)
-    for entity in ("ewing_sarcoma", "pecoma", "schwannoma"):
+    for entity in ("ewing_sarcoma", "pecoma", "schwannoma", "lymphoma"):
         assert all(kb.sources[(entity, m)].startswith(("DATA", "ESTIMATE")) for m in kb.markers)
     assert kb.resolve_marker("NKX3-1") == "NKX3_1" and kb.resolve_marker("LCA") == "CD45"
     assert kb.resolve_marker("NKX2-2") == "NKX2_2" and kb.resolve_marker("Fli-1") == "FLI1"

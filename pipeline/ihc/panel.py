@@ -165,6 +165,10 @@ def _match(toks: list[str], i: int, kb: KnowledgeBase) -> tuple[str, str, int] |
     return None
 
 
+EXPRESSING = frozenset(["expressing", "expresses", "express", "expressed"])
+"""A verb that, before markers, says they are positive ("tumour cells expressing CD20")."""
+
+
 @dataclass
 class _State:
     """What one fragment leaves to the next."""
@@ -180,6 +184,11 @@ class _State:
 def _read_fragment(fragment: str, kb: KnowledgeBase, panel: Panel, state: _State) -> None:
     carry, waiting = state.carry, state.waiting
     toks = tokens(fragment)
+    if any(t.lower() == "neither" for t in toks):  # "neither desmin nor SMA positive"
+        raise IHCError(
+            f"panel fragment {fragment!r}: 'neither ... nor' is not read (a sign after it would "
+            "flip); write each result, e.g. 'desmin negative, SMA negative'"
+        )
     items: list[list] = []  # [kind, key, words]
     lead: list[str] = []
     i = 0
@@ -199,6 +208,9 @@ def _read_fragment(fragment: str, kb: KnowledgeBase, panel: Panel, state: _State
     lead_words = [w for w in lead if w.lower().strip(":") not in STOP_WORDS]
     if lead and lead[-1].lower() == "for":  # "positive for ..."
         state.carry = carry = read_result(lead[:-1], False, where)
+    elif lead and lead[-1].lower() in EXPRESSING:  # "lymphoma (not) expressing CD20, ..."
+        negated = len(lead) > 1 and lead[-2].lower() in ("not", "no", "without")
+        state.carry = carry = read_result(["negative" if negated else "positive"], False, where)
     elif lead_words and not items and lead_words[0].lower() == "clone":
         return  # "desmin (+), clone D33": the antibody clone, recorded with the fragment
     elif lead_words and not items and waiting and all(is_result_word(w) for w in lead_words):

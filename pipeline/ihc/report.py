@@ -46,6 +46,8 @@ STOP_WORDS = frozenset(
         "stains",
         "stained",
         "but",
+        "or",
+        "nor",
         "immunoreactivity",
         "immunostain",
         "immunohistochemistry",
