@@ -18,14 +18,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 import torch
 
+from pipeline.core.ahead import read_ahead
 from pipeline.core.errors import FascicleError
 from pipeline.tiles.dataset import TileDataset, collate_with_mask
 from pipeline.wsi.jpeg_tiles import JpegLevel, Piece
@@ -262,14 +262,7 @@ def _batches(job: _Job, batch_size: int, producers: int):
     n = len(job.dataset)
     ranges = (range(i, min(i + batch_size, n)) for i in range(0, n, batch_size))
     try:
-        with ThreadPoolExecutor(producers, thread_name_prefix="fascicle-jpeg") as pool:
-            ahead: deque = deque()
-            for indices in ranges:
-                ahead.append(pool.submit(_produce, job, indices))
-                if len(ahead) > producers:
-                    yield ahead.popleft().result()
-            while ahead:
-                yield ahead.popleft().result()
+        yield from read_ahead(partial(_produce, job), ranges, producers, producers, "fascicle-jpeg")
     finally:
         for sj in job.slides.values():
             sj.slide.close()

@@ -11,15 +11,14 @@ engine's autocast and memory layout.
 from __future__ import annotations
 
 import time
-from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from pipeline.core.ahead import read_ahead
 from pipeline.tiles.dataset import collate_with_mask
 from pipeline.tiles.engine import Engine, plan_engine
 
@@ -104,17 +103,7 @@ def threaded_batches(dataset: Dataset, batch_size: int, workers: int, pin: bool 
         images = batch["image"]
         return (images.pin_memory() if pin and len(images) else images), readable
 
-    if workers == 0:
-        yield from map(read, ranges)
-        return
-    with ThreadPoolExecutor(workers, thread_name_prefix="fascicle-decode") as pool:
-        ahead: deque = deque()
-        for indices in ranges:
-            ahead.append(pool.submit(read, indices))
-            if len(ahead) > 2 * workers:
-                yield ahead.popleft().result()
-        while ahead:
-            yield ahead.popleft().result()
+    yield from read_ahead(read, ranges, workers, 2 * workers, "fascicle-decode")
 
 
 def _fill(chunks: list, present: list[np.ndarray], n: int) -> np.ndarray:
