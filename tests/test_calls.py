@@ -88,7 +88,8 @@ def test_image_evidence_never_promotes_entities_the_model_cannot_see():
 @pytest.mark.parametrize(
     ("panel", "settled", "entity"),
     [
-        ("desmin+ h-caldesmon+ SMA+ EMA- PR- S100- STAT6-", True, "leiomyosarcoma"),
+        ("desmin+ h-caldesmon+ SMA+ EMA- PR- S100- STAT6- EBER-", True, "leiomyosarcoma"),
+        ("desmin+ h-caldesmon+ SMA+ EMA- PR- S100- STAT6-", False, None),  # EBV-SMT fits too
         ("STAT6 nuclear positive, CD34+, EMA-", True, "solitary_fibrous_tumor"),
         ("EMA positive, vimentin positive", False, None),  # IHC does not grade meningioma
         ("vimentin+ CD99+ BCL2+ CD34-", False, None),  # several sarcomas fit

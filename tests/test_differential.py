@@ -22,7 +22,9 @@ def test_worked_case_leiomyosarcoma_first_with_the_right_evidence_and_next_stain
     diff = fuse(parse_panel(CASE), HALF)
     ranked = dict(diff.ranked())
     assert diff.ranked()[0][0] == "leiomyosarcoma"
-    assert ranked["leiomyosarcoma"] > 0.75
+    assert ranked["leiomyosarcoma"] > 0.5  # the seed case's acceptance figure
+    # the smooth-muscle class: EBV-associated smooth muscle tumours share the profile (EBER tells)
+    assert ranked["leiomyosarcoma"] + ranked["ebv_smt"] > 0.75
     assert ranked["meningioma_g3_anaplastic"] < ranked["leiomyosarcoma"] / 5
     assert ranked["solitary_fibrous_tumor"] < 0.01
     evidence = {ev.marker: ev for ev in diff.evidence("leiomyosarcoma")}
@@ -32,12 +34,16 @@ def test_worked_case_leiomyosarcoma_first_with_the_right_evidence_and_next_stain
     assert sma.direction == "against" and not sma.decisive and sma.p_result < 0.1
     suggested = {s.marker for s in next_stains(diff)}
     assert suggested & {"myogenin", "MyoD1_nuclear"}
-    assert suggested & {"STAT6_nuclear", "SSTR2A"}
+    # EBER (EBV-associated smooth muscle tumour) and p63 (nuclear in most anaplastic
+    # meningiomas, Rushing 2008) now outrank SSTR2A by one place for this panel
+    assert {s.marker for s in next_stains(diff, top=6)} & {"STAT6_nuclear", "SSTR2A"}
+    assert suggested & {"EBER", "p63"}
     # the IHC alone (no image) leaves rhabdomyosarcoma as the desmin+ competitor
     alone = fuse(parse_panel(CASE))
     assert [e for e, _ in alone.ranked()[:2]] == ["leiomyosarcoma", "rhabdomyosarcoma"]
-    top2 = [s.marker for s in next_stains(alone, top=2)]
-    assert set(top2) == {"myogenin", "MyoD1_nuclear"}
+    top3 = [s.marker for s in next_stains(alone, top=3)]
+    assert top3[0] == "myogenin" and "MyoD1_nuclear" in top3
+    assert "TLE1" in top3  # DICER1-mutant intracranial sarcoma: desmin+, myogenin mostly -, TLE1+
     assert "STAT6_nuclear" in {s.marker for s in next_stains(alone)}
 
 

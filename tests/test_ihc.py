@@ -194,6 +194,39 @@ def test_unreadable_or_contradictory_results_are_named_errors(text):
         parse_panel(text)
 
 
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "immunoreactive to HMB-45 and S-100 protein but not to EMA",
+            {"HMB45": "positive", "S100": "positive", "EMA": "negative"},
+        ),
+        ("positive for desmin but not for SMA", {"desmin": "positive", "SMA": "negative"}),
+        ("desmin positive, not SMA", {"desmin": "positive", "SMA": "negative"}),
+        ("positive for CD34 but not STAT6", {"CD34": "positive", "STAT6_nuclear": "negative"}),
+        (
+            "strongly and diffusely positive for EMA and Vimentin, focally immunoreactive for "
+            "SMA and GFAP; diffuse loss of nuclear INI1 expression",
+            {"EMA": "positive", "vimentin": "positive", "SMA": "focal", "GFAP": "focal",
+             "INI1_loss": "positive"},
+        ),
+    ],
+)  # fmt: skip
+def test_a_not_belongs_to_the_marker_after_it(text, expected):
+    """ "A and B but not C": B keeps the shared result, C is negative (never the reverse)."""
+    panel = parse_panel(text)
+    assert {k: r.state for k, r in panel.results.items()} == expected
+    assert not panel.unknown
+
+
+@pytest.mark.parametrize("text", ["diffuse loss of desmin", "SMA lost", "desmin: loss"])
+def test_loss_of_a_stained_marker_is_refused_not_read_as_positive(text):
+    """Only loss markers (H3K27me3, INI1) are read as lost; "diffuse loss of desmin" once
+    read as desmin positive (the adverb), now it is a named error."""
+    with pytest.raises(IHCError, match="loss"):
+        parse_panel(text)
+
+
 def test_signs_followed_by_qualifiers_never_flip():
     panel = parse_panel("STAT6 - nuclear +, CD34 - , S100 - focal")
     assert {k: r.state for k, r in panel.results.items()} == {

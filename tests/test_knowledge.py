@@ -8,7 +8,7 @@ from pipeline.ihc.knowledge import DEFAULT_PATH, load_knowledge
 
 def test_shipped_knowledge_base_is_complete_and_sourced():
     kb = load_knowledge()
-    assert len(kb.entities) == 17 and len(kb.markers) == 44
+    assert len(kb.entities) == 21 and len(kb.markers) == 47
     added = ("BCL2", "CD99", "CK7", "SS18_SSX", "OLIG2", "FLI1", "NKX2_2", "CD20", "CD3")
     kinds = ("DATA", "ESTIMATE", "CONFLICTING")
     assert all(kb.sources[(e, m)].startswith(kinds) for e in kb.entities for m in added)

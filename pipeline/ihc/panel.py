@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from itertools import pairwise
 
 from pipeline.ihc.knowledge import KnowledgeBase, load_knowledge
 from pipeline.ihc.report import (
+    COMPARTMENTS,
+    NOT_PERFORMED,
     QUALIFIERS,
     STOP_WORDS,
     IHCError,
@@ -206,7 +209,7 @@ def _read_fragment(fragment: str, kb: KnowledgeBase, panel: Panel, state: _State
         i += 1
     where = f"panel fragment {fragment!r}"
     lead_words = [w for w in lead if w.lower().strip(":") not in STOP_WORDS]
-    if lead and lead[-1].lower() == "for":  # "positive for ..."
+    if lead and lead[-1].lower() in ("for", "to"):  # "positive for ...", "reactive to ..."
         state.carry = carry = read_result(lead[:-1], False, where)
     elif lead and lead[-1].lower() in EXPRESSING:  # "lymphoma (not) expressing CD20, ..."
         negated = len(lead) > 1 and lead[-2].lower() in ("not", "no", "without")
@@ -226,7 +229,7 @@ def _read_fragment(fragment: str, kb: KnowledgeBase, panel: Panel, state: _State
         reading = read_result([*words, *lead_words], kb.markers[key].loss_marker, joined)
         _add("kb", key, reading, f"{first}, {fragment}", kb, panel)
         return
-    elif lead_words and items and all(is_result_word(w) for w in lead_words):
+    elif lead_words and items and all(_result_or_compartment(w) for w in lead_words):
         if any(not re.search(r"[a-z]", w.lower()) for w in lead_words):
             raise IHCError(f"{where}: result {' '.join(lead_words)!r} has no marker before it")
         items[0][2][:0] = lead_words  # "rare GFAP positive areas", "strong desmin staining"
@@ -239,6 +242,7 @@ def _read_fragment(fragment: str, kb: KnowledgeBase, panel: Panel, state: _State
                 _add(w_kind, w_key, reading, fragment, kb, panel)
             waiting.clear()
         return
+    _negate_after_not(items)
     for kind, key, words in items:
         if kind == "unknown":
             text = " ".join([key, *words])
@@ -248,15 +252,17 @@ def _read_fragment(fragment: str, kb: KnowledgeBase, panel: Panel, state: _State
                 "add it or an alias there)"
             )
             continue
-        if not [w for w in words if w.lower().strip(":") not in STOP_WORDS]:
+        if all(_filler(w) for w in words):
             if carry is not None:
                 _add(kind, key, carry, fragment, kb, panel)
             else:
                 waiting.append((kind, key, where))
             continue
         said = " ".join(words).lower()
-        if not any(is_result_word(w, loss=True) for w in words) and not re.search(
-            r"\d\s*%|h-?score|allred|\bh\s*[:=]", said
+        if (
+            not any(is_result_word(w, loss=True) for w in words)
+            and not re.search(r"\d\s*%|h-?score|allred|\bh\s*[:=]", said)
+            and not any(phrase in said for phrase in NOT_PERFORMED if " " in phrase)
         ):
             waiting.append((kind, key, where))  # "CD31 membranous staining, diffuse"
             continue
@@ -273,6 +279,32 @@ def _read_fragment(fragment: str, kb: KnowledgeBase, panel: Panel, state: _State
         _add(kind, key, reading, fragment, kb, panel)
         state.carry = carry = None
         state.last = (key, words, fragment) if kind == "kb" else None
+
+
+def _filler(word: str) -> bool:
+    """A word that says nothing about the result: a filler word, or a parenthetical
+    without a result in it ("EBV-encoded RNA (EBER)", a clone)."""
+    if word.lower().strip(":") in STOP_WORDS:
+        return True
+    inner = word[1:-1].split() if word.startswith("(") and word.endswith(")") else None
+    return inner is not None and not any(is_result_word(w, loss=True) for w in inner)
+
+
+def _result_or_compartment(word: str) -> bool:
+    """A lead word that belongs to the result of the marker after it ("diffuse loss of
+    nuclear INI1 expression", "strong desmin staining")."""
+    return is_result_word(word, loss=True) or word.lower() in COMPARTMENTS
+
+
+def _negate_after_not(items: list[list]) -> None:
+    """In "A and B but not (to / for) C" the "not" belongs to C, which is negative, while B
+    keeps the shared result ("immunoreactive to HMB-45 and S-100 but not to EMA")."""
+    for this, after in pairwise(items):
+        tail = [w.lower() for w in this[2][-2:]]
+        cut = 2 if tail in (["not", "to"], ["not", "for"]) else 1 if tail[-1:] == ["not"] else 0
+        if cut and not any(is_result_word(w, loss=True) for w in after[2]):
+            del this[2][-cut:]
+            after[2][:0] = ["negative"]
 
 
 def _starts_unknown(word: str, previous: list[str]) -> bool:

@@ -52,7 +52,12 @@ STOP_WORDS = frozenset(
         "immunostain",
         "immunohistochemistry",
         "ihc",
+        "situ",  # "by in situ hybridization" (EBER): the method, not a result
+        "hybridization",
+        "hybridisation",
+        "ish",
         "for",
+        "to",
         "on",
         "by",
         "in:",
@@ -197,7 +202,10 @@ NOT_PERFORMED = (
 NEGATIVE_PHRASES = ("not expressed", "no staining", "no expression", "not detected", "not seen")
 LOSS = {
     "positive": ("complete loss", "loss", "lost", "deficient", "absent", "completely lost"),
-    "negative": ("retained", "intact", "preserved", "expressed", "retention"),
+    "negative": (
+        *("retained", "intact", "preserved", "expressed", "retention"),
+        *("not lost", "no loss", "not deficient", "without loss"),
+    ),
     "focal": (
         "partial loss",
         "mosaic",
@@ -295,14 +303,23 @@ def read_result(words: list[str], loss_marker: bool, where: str) -> Reading:
             return Reading("not_performed", qualifiers=[phrase])
     reading = Reading("")
     found: set[str] = set()
-    rest = phrase
+    rest = re.sub(
+        r"\bnot (?:positive|reactive|immunoreactive|stained|detected)\b", "negative", phrase
+    )
+    if rest == "not" and not loss_marker:  # "desmin positive, not SMA"
+        rest = "negative"
     if loss_marker:
-        for state in ("focal", "positive", "negative"):  # "partial loss" before "loss"
-            for words_ in sorted(LOSS[state], key=len, reverse=True):
-                if re.search(rf"\b{re.escape(words_)}\b", rest):
-                    found.add(state)
-                    reading.loss_words = True
-                    rest = re.sub(rf"\b{re.escape(words_)}\b", " ", rest)
+        phrases = sorted(((w, s) for s, ws in LOSS.items() for w in ws), key=lambda x: -len(x[0]))
+        for words_, state in phrases:  # longest first: "partial loss", "not lost" before "loss"
+            if re.search(rf"\b{re.escape(words_)}\b", rest):
+                found.add(state)
+                reading.loss_words = True
+                rest = re.sub(rf"\b{re.escape(words_)}\b", " ", rest)
+    elif re.search(r"\b(?:loss|lost)\b", rest):  # "diffuse loss of desmin": never positive
+        raise IHCError(
+            f"{where}: 'loss' of a marker that is read as stained or not; write e.g. "
+            "'negative' (only loss markers such as H3K27me3 and INI1 are read as lost)"
+        )
     for neg in NEGATIVE_PHRASES:
         if neg in rest:
             found.add("negative")
@@ -313,7 +330,9 @@ def read_result(words: list[str], loss_marker: bool, where: str) -> Reading:
         t = raw.strip("()").strip(",.") if raw not in ("(+)", "(-)", "(+/-)") else raw
         if not t:
             continue
-        if t in POSITIVE or raw in POSITIVE:
+        if reading.loss_words and t in ADVERBS:  # "diffuse loss", "diffusely retained"
+            reading.qualifiers.append(t)
+        elif t in POSITIVE or raw in POSITIVE:
             found.add("positive")
             reading.qualifiers += [t] if t.isalpha() and t not in ("positive", "pos") else []
         elif t in NEGATIVE or raw in NEGATIVE:
