@@ -160,3 +160,36 @@ def test_result_objects_work_without_parsing():
         "rhabdomyosarcoma",
         "leiomyosarcoma",
     }
+
+
+def test_a_variant_makes_its_entity_a_mixture_of_rows():
+    """Epithelioid MPNST: INI1 loss with diffuse S100 and no keratin or EMA fits the variant's
+    joint profile, which the entity's averaged row cannot express."""
+    kb = load_knowledge()
+    text = "S100 diffusely positive, SOX10+, INI1 lost, H3K27me3 retained, EMA-, AE1/AE3-"
+    results = parse_panel(text).performed.values()
+    i = kb.entities.index("mpnst")
+    (variant,) = [v for v in kb.variants if v.entity == "mpnst"]
+    rows, owner, log_share, keys = kb.components()
+    own, var = np.flatnonzero(owner == i)
+    assert keys[own] is None and keys[var] == variant.key
+    by_row = [
+        sum(w * float(ll[k]) for _, w, ll in marker_terms_on(kb, results, rows)) for k in (own, var)
+    ]
+    expected = np.logaddexp(log_share[own] + by_row[0], log_share[var] + by_row[1])
+    assert panel_loglik(kb, results)[i] == pytest.approx(expected)
+    assert by_row[1] > by_row[0] + np.log(20)  # the variant explains this panel far better
+    diff = fuse(parse_panel(text), prior="uniform")
+    assert diff.variant_name("mpnst") == "epithelioid MPNST"
+    assert diff.p_positive[i, kb.marker_index("SOX10")] > kb.p("mpnst", "SOX10")
+    assert "Jo" in {ev.marker: ev.source for ev in diff.evidence("mpnst")}["S100"]
+    plain = fuse(parse_panel("S100+, EMA-"), prior="uniform")
+    assert plain.variant_name("mpnst") is None
+
+
+def marker_terms_on(kb, results, rows):
+    """(result, weight, log P(result | row)) for the given rows (the mixture's components)."""
+    from pipeline.ihc.likelihood import marker_loglik, marker_weight
+
+    leads = group_leads(kb)
+    return [(r, marker_weight(kb, r.marker, leads), marker_loglik(kb, r, rows)) for r in results]

@@ -8,7 +8,7 @@ from pipeline.ihc.knowledge import DEFAULT_PATH, load_knowledge
 
 def test_shipped_knowledge_base_is_complete_and_sourced():
     kb = load_knowledge()
-    assert len(kb.entities) == 21 and len(kb.markers) == 47
+    assert len(kb.entities) == 21 and len(kb.markers) == 49
     added = ("BCL2", "CD99", "CK7", "SS18_SSX", "OLIG2", "FLI1", "NKX2_2", "CD20", "CD3")
     kinds = ("DATA", "ESTIMATE", "CONFLICTING")
     assert all(kb.sources[(e, m)].startswith(kinds) for e in kb.entities for m in added)
@@ -57,6 +57,12 @@ def _broken(tmp_path, edit):
         ),
         (lambda d: d["markers"]["SMA"]["aliases"].append("desmin"), "names both"),
         (lambda d: d.update(default_prior="nope"), "default_prior"),
+        (lambda d: d["variants"].update(glioma={"x": {"share": 0.1}}), "unknown entity 'glioma'"),
+        (lambda d: d["variants"]["mpnst"]["epithelioid"].update(share=1.2), "share 1.2"),
+        (
+            lambda d: d["variants"]["mpnst"]["epithelioid"]["p"].update(CD56={"p": 0.5}),
+            "bad marker or p 'CD56'",
+        ),
     ],
 )
 def test_invalid_knowledge_bases_are_rejected_with_the_reason(tmp_path, edit, message):

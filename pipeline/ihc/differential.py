@@ -9,7 +9,8 @@ posterior(entity) ∝ prior(entity) × image likelihood × IHC likelihood, where
 * the IHC likelihood (``pipeline.ihc.likelihood``) multiplies P(result | entity) over markers
   (clipped to [0.01, 0.99]; focal is a softened positive), each correlated group's fixed
   lead marker fully and its other markers with a fixed weight, so concordant stains of one
-  programme are not double counted and adding a stain never demotes another.
+  programme are not double counted and adding a stain never demotes another; an entity with
+  variants mixes their rows.
 
 Each marker's contribution for a top entity is its weighted log-likelihood ratio against the
 posterior-weighted alternatives; the next stains are the markers not yet performed with the
@@ -24,7 +25,7 @@ import numpy as np
 
 from pipeline.ihc.image import ImageEvidence, entity_prior_and_likelihood
 from pipeline.ihc.knowledge import KnowledgeBase, load_knowledge, source_kind
-from pipeline.ihc.likelihood import marker_terms, terms_loglik
+from pipeline.ihc.likelihood import panel_likelihood
 from pipeline.ihc.panel import MarkerResult, Panel
 
 DECISIVE_LLR = float(np.log(10))
@@ -81,6 +82,10 @@ class Differential:
     kb: KnowledgeBase = field(repr=False)
     panel: Panel = field(default_factory=Panel, repr=False)
     terms: list = field(default_factory=list, repr=False)
+    p_positive: np.ndarray | None = field(default=None, repr=False)
+    """(entities, markers) P(positive | entity), variants weighted as the panel weighs them."""
+    variant: list = field(default_factory=list, repr=False)
+    """Per entity, the variant the panel points to (``PanelLikelihood.variant``)."""
     inputs: dict = field(default_factory=dict, repr=False)
     """The non-panel arguments of ``fuse`` (image, prior, floor), to re-run it."""
 
@@ -130,10 +135,24 @@ class Differential:
                     weight=weight,
                     llr=weight * (float(ll[i]) - alt),
                     p_result=float(np.exp(ll[i])),
-                    source=self.kb.sources.get((entity, result.marker), ""),
+                    source=self._source(entity, result.marker),
                 )
             )
         return sorted(out, key=lambda ev: -abs(ev.llr))
+
+    def _source(self, entity: str, marker: str) -> str:
+        """The source of P(+ | entity) for ``marker``: the variant's where the panel points
+        to a variant that has its own number."""
+        key = self.variant[self.entities.index(entity)] if self.variant else None
+        for v in self.kb.variants:
+            if v.entity == entity and v.key == key and marker in v.sources:
+                return v.sources[marker]
+        return self.kb.sources.get((entity, marker), "")
+
+    def variant_name(self, entity: str) -> str | None:
+        """The name of the variant the panel points to for ``entity``, if any."""
+        key = self.variant[self.entities.index(entity)] if self.variant else None
+        return next((v.name for v in self.kb.variants if v.entity == entity and v.key == key), None)
 
     def evidence_ranking(self, top: int = 5) -> list[tuple[str, float]]:
         """Entities by the evidence alone (IHC and image likelihoods, no prior), normalised."""
@@ -169,8 +188,8 @@ def fuse(
         pri, img = kb.prior(prior), np.ones(len(kb.entities))
     else:
         pri, img = entity_prior_and_likelihood(kb, image, prior, image_floor)
-    terms = marker_terms(kb, panel.performed.values())
-    ll = terms_loglik(kb, terms)
+    lik = panel_likelihood(kb, panel.performed.values())
+    ll = lik.loglik
     with np.errstate(divide="ignore"):  # a zero prior rules an entity out
         log_post = np.log(pri) + np.log(img) + ll
     post = np.exp(log_post - log_post.max())
@@ -182,7 +201,9 @@ def fuse(
         posterior=post / post.sum(),
         kb=kb,
         panel=panel,
-        terms=terms,
+        terms=lik.terms,
+        p_positive=lik.p_positive,
+        variant=lik.variant,
         inputs={"image": image, "prior": prior, "image_floor": image_floor},
     )
 
@@ -199,7 +220,7 @@ def next_stains(diff: Differential, top: int = 5) -> list[Suggestion]:
     of an already-sampled lineage group is discounted as it would be if performed.
     """
     kb, panel = diff.kb, diff.panel
-    p_pos = kb.clipped()
+    p_pos = diff.p_positive
     h0 = _entropy(diff.posterior)
     out = []
     for marker in kb.markers:
@@ -220,7 +241,7 @@ def next_stains(diff: Differential, top: int = 5) -> list[Suggestion]:
 
 
 def _separated_pair(diff: Differential, j: int) -> tuple[str, float, str, float] | None:
-    p = diff.kb.clipped()[:, j]
+    p = diff.p_positive[:, j]
     candidates = [i for i in np.argsort(-diff.posterior)[:6] if diff.posterior[i] >= 0.005]
     best, pair = 0.0, None
     for a in candidates:
@@ -256,6 +277,7 @@ def summarise(
                 "probability": round(p, 6),
                 "image_class": diff.class_of(e),
                 "outside_image_scope": diff.class_of(e) is None,
+                "variant": diff.variant_name(e),
             }
             for e, p in ranked[:top]
         ],
@@ -322,7 +344,8 @@ def format_summary(summary: dict) -> str:
     lines.append(f"{'rank':<5}{'entity':<42}{'probability':>12}  image class")
     for i, row in enumerate(summary["differential"], 1):
         scope = row["image_class"] or "outside the image model's scope"
-        lines.append(f"{i:<5}{row['name']:<42}{row['probability']:>12.3f}  {scope}")
+        name = row["name"] + (f" ({row['variant']})" if row.get("variant") else "")
+        lines.append(f"{i:<5}{name:<42}{row['probability']:>12.3f}  {scope}")
     for entity, items in summary["evidence"].items():
         lines.append(f"\nevidence for {entity} (log likelihood ratio vs the alternatives):")
         for ev in items:

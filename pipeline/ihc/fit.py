@@ -24,7 +24,7 @@ def panel_fit(diff: Differential, entity: str, n: int = 4000, seed: int = 0) -> 
     cols = [kb.marker_index(r.marker) for r, _, _ in diff.terms]
     weights = np.array([w for _, w, _ in diff.terms])
     observed = float(sum(w * ll[i] for _, w, ll in diff.terms))
-    p = kb.clipped()[i, cols]
+    p = diff.p_positive[i, cols]  # variants weighted as the panel weighs them
     rng = np.random.default_rng(seed)
     positive = rng.random((n, len(cols))) < p
     simulated = (weights * np.where(positive, np.log(p), np.log1p(-p))).sum(1)

@@ -55,6 +55,21 @@ class Scoring:
     focal_hscore: float = 10.0
 
 
+@dataclass(frozen=True)
+class Variant:
+    """A subtype whose stains differ from its entity's as a whole (epithelioid MPNST loses
+    INI1 and is diffusely S100-positive): the entity's likelihood is the mixture of its own
+    row and its variants' rows, weighted by the variants' shares."""
+
+    entity: str
+    key: str
+    name: str
+    share: float
+    p: dict[str, float]
+    """P(positive | variant) for the markers that differ; the others are the entity's."""
+    sources: dict[str, str]
+
+
 @dataclass
 class KnowledgeBase:
     """Entities x markers probabilities plus the metadata that interprets them."""
@@ -75,6 +90,7 @@ class KnowledgeBase:
     default_prior: str
     clip: tuple[float, float]
     extra: dict = field(default_factory=dict)
+    variants: list[Variant] = field(default_factory=list)
     noted: dict[str, str] = field(default_factory=dict)
     """Markers reports carry that the likelihood table does not hold yet: display → why they
     are read and recorded but not used."""
@@ -99,6 +115,28 @@ class KnowledgeBase:
     def clipped(self) -> np.ndarray:
         """P(positive | entity) clipped to the assay error floor and ceiling."""
         return np.clip(self.p_positive, *self.clip)
+
+    def components(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str | None]]:
+        """The mixture's rows (clipped): each entity's own row, then its variants'; the
+        entity index each row belongs to; each row's log share within its entity; and each
+        row's variant key (None for an entity's own row)."""
+        base = self.clipped()
+        rows, owner, share, keys = [], [], [], []
+        for i, entity in enumerate(self.entities):
+            mine = [v for v in self.variants if v.entity == entity]
+            rows.append(base[i])
+            owner.append(i)
+            share.append(1.0 - sum(v.share for v in mine))
+            keys.append(None)
+            for v in mine:
+                row = base[i].copy()
+                for marker, p in v.p.items():
+                    row[self.marker_index(marker)] = np.clip(p, *self.clip)
+                rows.append(row)
+                owner.append(i)
+                share.append(v.share)
+                keys.append(v.key)
+        return np.array(rows), np.array(owner), np.log(share), keys
 
     def entity_index(self, entity: str) -> int:
         return self.entities.index(entity)
@@ -153,6 +191,14 @@ def explain(kb: KnowledgeBase, name: str) -> str:
         label = e if marker else kb.markers[m].display
         lines.append(f"  {label:<28}{kb.p(e, m):5.2f}  {source_kind(source):<8} {source}")
     kinds = [source_kind(kb.sources.get(p, "")) for p in pairs]
+    for v in kb.variants:
+        rows = [m for m in v.p if m == marker] if marker else list(v.p) * (v.entity == entity)
+        if rows:
+            lines.append(f"  variant {v.name} ({v.entity}, share {v.share:g}):")
+        for m in rows:
+            label = v.entity if marker else kb.markers[m].display
+            kinds.append(source_kind(v.sources[m]))
+            lines.append(f"    {label:<26}{v.p[m]:5.2f}  {kinds[-1]:<8} {v.sources[m]}")
     lines.append(f"{kinds.count('ESTIMATE')} of {len(kinds)} numbers here are estimates")
     return "\n".join(lines)
 
@@ -265,6 +311,7 @@ def _load(path: Path) -> KnowledgeBase:
         if sum(weights.values()) + floors[name] <= 0:
             problems.append(f"prior {name}: weights sum to zero")
         priors[name] = Prior(name, str(spec.get("description", "")), weights)
+    variants = _variants(doc.get("variants") or {}, entities, markers, problems)
     default_prior = str(doc.get("default_prior", ""))
     if default_prior not in priors:
         problems.append(f"default_prior {default_prior!r} is not a defined prior")
@@ -288,7 +335,35 @@ def _load(path: Path) -> KnowledgeBase:
         default_prior=default_prior,
         clip=(float(clip[0]), float(clip[1])),
         extra={"prior_floor": floors},
+        variants=variants,
         noted=noted,
         _alias_index=alias_index,
         _noted_index=noted_index,
     )
+
+
+def _variants(doc: dict, entities: list[str], markers: dict, problems: list[str]) -> list[Variant]:
+    """The ``variants:`` section, validated: known entities and markers, shares that leave
+    the entity's own row a share."""
+    out = []
+    for entity, spec in doc.items():
+        if entity not in entities:
+            problems.append(f"variants: unknown entity {entity!r}")
+            continue
+        for key, v in (spec or {}).items():
+            share, cells = v.get("share"), v.get("p") or {}
+            if not isinstance(share, int | float) or not 0 < share < 1:
+                problems.append(f"variants[{entity}][{key}]: share {share!r} must be in (0, 1)")
+                continue
+            p, sources = {}, {}
+            for m, cell in cells.items():
+                value = cell.get("p") if isinstance(cell, dict) else cell
+                if m not in markers or not isinstance(value, int | float) or not 0 <= value <= 1:
+                    problems.append(f"variants[{entity}][{key}]: bad marker or p {m!r}={value!r}")
+                    continue
+                p[m] = float(value)
+                sources[m] = str(cell.get("source", "")) if isinstance(cell, dict) else ""
+            out.append(Variant(entity, key, str(v.get("name", key)), float(share), p, sources))
+        if sum(v.share for v in out if v.entity == entity) >= 1:
+            problems.append(f"variants[{entity}]: shares sum to 1 or more")
+    return out

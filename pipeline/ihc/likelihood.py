@@ -11,9 +11,16 @@ spelling, and adding a result multiplies each entity by P(result | entity)^weigh
 cannot lower an entity under which the result is likelier than under the posterior-weighted
 alternatives. (The earlier rule, "the most decisive *observed* marker counts fully", let a
 new stain demote an old one and so lower the entity both supported.)
+
+An entity with **variants** (``variants:`` in the knowledge base: epithelioid MPNST, whose
+INI1 loss and diffuse S100 go together) is a mixture: P(panel | entity) = Σ share ×
+P(panel | row), each row a product as above. Markers are independent within a row, not
+within the entity, so results that fit a variant's joint profile count as such.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -28,12 +35,15 @@ def _state(kb: KnowledgeBase, result: MarkerResult) -> str | None:
     return state if state in ("positive", "negative", "focal") else None
 
 
-def marker_loglik(kb: KnowledgeBase, result: MarkerResult) -> np.ndarray | None:
-    """log P(result | entity) for every entity, or None if the result carries no evidence."""
+def marker_loglik(
+    kb: KnowledgeBase, result: MarkerResult, rows: np.ndarray | None = None
+) -> np.ndarray | None:
+    """log P(result | row) for every entity (or every row of ``rows``, e.g. the mixture's
+    components), or None if the result carries no evidence."""
     state = _state(kb, result)
     if state is None:
         return None
-    p = kb.clipped()[:, kb.marker_index(result.marker)]
+    p = (kb.clipped() if rows is None else rows)[:, kb.marker_index(result.marker)]
     if state == "positive":
         return np.log(p)
     if state == "negative":
@@ -57,25 +67,51 @@ def marker_weight(kb: KnowledgeBase, marker: str, leads: dict[str, str]) -> floa
     return 1.0 - kb.redundancy[group]
 
 
+@dataclass
+class PanelLikelihood:
+    """What a panel says about every entity."""
+
+    terms: list[tuple[MarkerResult, float, np.ndarray]]
+    """(result, weight, log P(result | entity)) of each informative result, by marker name.
+    For an entity with variants the result's probability is averaged over its variants as
+    the whole panel weighs them, so its terms need not sum to ``loglik``."""
+    loglik: np.ndarray
+    """The weighted log-likelihood of the panel for every entity (exact, variants mixed)."""
+    p_positive: np.ndarray
+    """(entities, markers) P(positive | entity) with variants weighted as the panel weighs
+    them: what the next stain is expected to show."""
+    variant: list[str | None]
+    """Per entity, the variant that holds at least half of it given the panel, else None."""
+
+
+def panel_likelihood(kb: KnowledgeBase, results) -> PanelLikelihood:
+    """The panel's weighted log-likelihood under every entity, its variants mixed in."""
+    rows, owner, log_share, keys = kb.components()
+    leads = group_leads(kb)
+    terms_c = []
+    for result in sorted(results, key=lambda r: r.marker):
+        ll = marker_loglik(kb, result, rows)
+        if ll is not None:
+            terms_c.append((result, marker_weight(kb, result.marker, leads), ll))
+    joint = log_share + sum((w * ll for _, w, ll in terms_c), np.zeros(len(rows)))
+    n = len(kb.entities)
+    loglik = np.array([np.logaddexp.reduce(joint[owner == i]) for i in range(n)])
+    resp = np.exp(joint - loglik[owner])  # each row's share of its entity, given the panel
+    mix = np.zeros((n, len(rows)))
+    mix[owner, np.arange(len(rows))] = resp
+    terms = [(r, w, np.log(mix @ np.exp(ll))) for r, w, ll in terms_c]
+    variant: list[str | None] = [None] * n
+    for k, key in enumerate(keys):
+        if key is not None and resp[k] >= 0.5:
+            variant[owner[k]] = key
+    return PanelLikelihood(terms, loglik, mix @ rows, variant)
+
+
 def marker_terms(kb: KnowledgeBase, results) -> list[tuple[MarkerResult, float, np.ndarray]]:
     """(result, weight, log P(result | entity)) of each informative result, by marker name."""
-    leads = group_leads(kb)
-    out = []
-    for result in sorted(results, key=lambda r: r.marker):
-        ll = marker_loglik(kb, result)
-        if ll is not None:
-            out.append((result, marker_weight(kb, result.marker, leads), ll))
-    return out
-
-
-def terms_loglik(kb: KnowledgeBase, terms: list[tuple]) -> np.ndarray:
-    """The weighted log-likelihood of ``marker_terms`` for every entity."""
-    ll = np.zeros(len(kb.entities))
-    for _, weight, term in terms:
-        ll += weight * term
-    return ll
+    return panel_likelihood(kb, results).terms
 
 
 def panel_loglik(kb: KnowledgeBase, results) -> np.ndarray:
     """The weighted log-likelihood of a panel's results for every entity."""
-    return terms_loglik(kb, marker_terms(kb, results))
+    return panel_likelihood(kb, results).loglik
