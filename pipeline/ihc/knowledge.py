@@ -23,8 +23,10 @@ DEFAULT_PATH = builtin_config("ihc/knowledge.yaml")
 
 
 def normalise_name(name: str) -> str:
-    """Case-, space- and punctuation-insensitive key for marker names and aliases."""
-    return re.sub(r"[\s\-_./()]+", "", name.strip().lower())
+    """Case-, space- and punctuation-insensitive key for marker names and aliases
+    ("cluster of differentiation 34" is CD34)."""
+    name = re.sub(r"cluster\s+of\s+differentiation\s*", "cd", name.strip().lower())
+    return re.sub(r"[\s\-_./()]+", "", name)
 
 
 @dataclass(frozen=True)
