@@ -9,11 +9,28 @@ from pipeline.ihc.knowledge import DEFAULT_PATH, load_knowledge
 def test_shipped_knowledge_base_is_complete_and_sourced():
     kb = load_knowledge()
     assert len(kb.entities) == 21 and len(kb.markers) == 49
-    added = ("BCL2", "CD99", "CK7", "SS18_SSX", "OLIG2", "FLI1", "NKX2_2", "CD20", "CD3")
+    added = (
+        "BCL2",
+        "CD99",
+        "CK7",
+        "SS18_SSX",
+        "OLIG2",
+        "FLI1",
+        "NKX2_2",
+        "CD20",
+        "CD3",
+        "INI1_loss",
+    )
+    added += ("EBER", "p63", "synaptophysin", "CDK4")
     kinds = ("DATA", "ESTIMATE", "CONFLICTING")
     assert all(kb.sources[(e, m)].startswith(kinds) for e in kb.entities for m in added)
-    for entity in ("ewing_sarcoma", "pecoma", "schwannoma", "lymphoma"):
-        assert all(kb.sources[(entity, m)].startswith(("DATA", "ESTIMATE")) for m in kb.markers)
+    later = ("ewing_sarcoma", "pecoma", "schwannoma", "lymphoma", "ebv_smt", "dicer1_sarcoma")
+    for entity in (*later, "melanocytoma", "rhabdoid_tumor"):
+        assert all(kb.sources[(entity, m)].startswith(kinds) for m in kb.markers)
+    for variant in kb.variants:  # a variant's numbers are sourced like the table's
+        assert variant.p and all(
+            s.startswith(("DATA", "ESTIMATE")) for s in variant.sources.values()
+        )
     assert kb.resolve_marker("NKX3-1") == "NKX3_1" and kb.resolve_marker("LCA") == "CD45"
     assert kb.resolve_marker("NKX2-2") == "NKX2_2" and kb.resolve_marker("Fli-1") == "FLI1"
     assert np.isfinite(kb.p_positive).all()

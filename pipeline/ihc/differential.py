@@ -140,19 +140,23 @@ class Differential:
             )
         return sorted(out, key=lambda ev: -abs(ev.llr))
 
+    def _variant(self, entity: str):
+        """The knowledge base's variant the panel points to for ``entity``, if any."""
+        key = self.variant[self.entities.index(entity)] if self.variant else None
+        return next((v for v in self.kb.variants if v.entity == entity and v.key == key), None)
+
     def _source(self, entity: str, marker: str) -> str:
         """The source of P(+ | entity) for ``marker``: the variant's where the panel points
         to a variant that has its own number."""
-        key = self.variant[self.entities.index(entity)] if self.variant else None
-        for v in self.kb.variants:
-            if v.entity == entity and v.key == key and marker in v.sources:
-                return v.sources[marker]
+        variant = self._variant(entity)
+        if variant is not None and marker in variant.sources:
+            return variant.sources[marker]
         return self.kb.sources.get((entity, marker), "")
 
     def variant_name(self, entity: str) -> str | None:
         """The name of the variant the panel points to for ``entity``, if any."""
-        key = self.variant[self.entities.index(entity)] if self.variant else None
-        return next((v.name for v in self.kb.variants if v.entity == entity and v.key == key), None)
+        variant = self._variant(entity)
+        return variant.name if variant is not None else None
 
     def evidence_ranking(self, top: int = 5) -> list[tuple[str, float]]:
         """Entities by the evidence alone (IHC and image likelihoods, no prior), normalised."""
@@ -217,7 +221,9 @@ def next_stains(diff: Differential, top: int = 5) -> list[Suggestion]:
     """Markers not yet performed, ranked by expected reduction of posterior entropy.
 
     Each hypothetical result goes through ``fuse`` with the rest of the panel, so a marker
-    of an already-sampled lineage group is discounted as it would be if performed.
+    of an already-sampled lineage group is discounted as it would be if performed; of the
+    markers of one correlated group only the most informative is listed (myogenin, not
+    myogenin and MyoD1, which tell the same entities apart).
     """
     kb, panel = diff.kb, diff.panel
     p_pos = diff.p_positive
@@ -237,6 +243,13 @@ def next_stains(diff: Differential, top: int = 5) -> list[Suggestion]:
             Suggestion(marker, kb.markers[marker].display, h0 - expected, _separated_pair(diff, j))
         )
     out.sort(key=lambda s: (-s.entropy_reduction, s.marker))
+    listed: set[str] = set()  # one stain per correlated group: its second adds little
+    for s in list(out):
+        group = kb.group_of(s.marker)
+        if group in listed:
+            out.remove(s)
+        elif group is not None:
+            listed.add(group)
     return out[:top]
 
 

@@ -6,7 +6,9 @@ name or alias at a word boundary starts a result, which runs to the next marker 
 ``Desmin: positive (diffuse)``, ``SMA (-)``, ``SMA focal weak``, ``strongly positive``,
 ``PR (80%)``, ``PR H-score 200``, ``ER Allred 7/8``, ``Ki-67 20-30%``, ``H3K27me3 partial
 loss``, ``STAT6 - nuclear +`` (a dash before a result is punctuation, never a sign). Clone
-names and other parentheticals without a result are skipped. ``not done`` / ``pending`` are
+names and other parentheticals without a result are skipped; so is the method ("EBER positive
+by in situ hybridization"). For loss markers (H3K27me3, INI1) "loss of INI1", "not lost" and
+"mosaic" read as written; "loss" of any other marker is refused. ``not done`` / ``pending`` are
 recorded, not used. A marker whose result cannot be read, or reads both ways (``negative,
 focally positive``), is an error naming the fragment; markers the knowledge base only notes
 (Ki-67, CD99...) are recorded and counted as given but not used.

@@ -123,9 +123,9 @@ def _differential(r: SlideResult) -> list[str]:
     ]
     for row in d["differential"]:
         scope = row["image_class"] or "outside the image model's scope"
+        name = row["name"] + (f" ({row['variant']})" if row.get("variant") else "")
         parts.append(
-            f"<tr><td>{e(row['name'])}</td><td>{row['probability']:.3f}</td>"
-            f"<td>{e(scope)}</td></tr>"
+            f"<tr><td>{e(name)}</td><td>{row['probability']:.3f}</td><td>{e(scope)}</td></tr>"
         )
     parts.append("</table>")
     for entity, items in d["evidence"].items():

@@ -219,7 +219,8 @@ function showResult(info) {
   const table = el("table");
   table.id = "differential";
   for (const e of d.differential.slice(0, 6)) {
-    table.appendChild(row([e.name + (e.outside_image_scope ? " (outside image scope)" : ""), e.probability.toFixed(3)], [false, true]));
+    const name = e.name + (e.variant ? ` (${e.variant})` : "") + (e.outside_image_scope ? " (outside image scope)" : "");
+    table.appendChild(row([name, e.probability.toFixed(3)], [false, true]));
   }
   ihc.appendChild(table);
   for (const e of d.differential.slice(0, 3)) {
