@@ -219,6 +219,30 @@ def test_a_not_belongs_to_the_marker_after_it(text, expected):
     assert not panel.unknown
 
 
+def test_a_marker_without_its_own_result_never_borrows_the_next_one_past_unread_words():
+    """ "intense vimentin staining; rare GFAP positive areas" once read vimentin as focal
+    (GFAP's result): "intense" was no result word and the rest of the fragment was dropped."""
+    panel = parse_panel("intense vimentin staining; rare GFAP positive areas")
+    assert {k: r.state for k, r in panel.results.items()} == {
+        "vimentin": "positive",
+        "GFAP": "focal",
+    }
+    with pytest.raises(IHCError, match="no result for 'vimentin'"):  # not across a ";"
+        parse_panel("glorious vimentin staining; GFAP positive")
+    # a held-out papillary meningioma: "vimentin intense" once read *negative*, from the list
+    # after the semicolon
+    panel = parse_panel("vimentin intense; S-100, EMA, keratin and desmin negative")
+    assert (
+        panel.results["vimentin"].state == "positive" and panel.results["EMA"].state == "negative"
+    )
+    with pytest.raises(IHCError, match="could not read: glorious"):  # nor past unread words
+        parse_panel("vimentin glorious staining, GFAP positive")
+    assert parse_panel("Positive: desmin, h-caldesmon; Negative: EMA, PR").results["PR"].state == (
+        "negative"
+    )
+    assert parse_panel("CD31 membranous staining, diffuse").results["CD31"].state == "positive"
+
+
 @pytest.mark.parametrize("text", ["diffuse loss of desmin", "SMA lost", "desmin: loss"])
 def test_loss_of_a_stained_marker_is_refused_not_read_as_positive(text):
     """Only loss markers (H3K27me3, INI1) are read as lost; "diffuse loss of desmin" once

@@ -18,17 +18,15 @@ from itertools import pairwise
 
 from pipeline.ihc.knowledge import KnowledgeBase, load_knowledge
 from pipeline.ihc.report import (
-    COMPARTMENTS,
-    NOT_PERFORMED,
-    QUALIFIERS,
-    STOP_WORDS,
     IHCError,
     Reading,
     is_result_word,
     read_result,
+    split_clauses,
     split_fragments,
     tokens,
 )
+from pipeline.ihc.vocabulary import COMPARTMENTS, NOT_PERFORMED, QUALIFIERS, STOP_WORDS
 
 STATES = ("positive", "negative", "focal", "equivocal", "not_performed")
 
@@ -141,15 +139,17 @@ def parse_panel(text: str, kb: KnowledgeBase | None = None) -> Panel:
     kb = kb or load_knowledge()
     panel = Panel(raw=text)
     state = _State()
-    for fragment in split_fragments(text):
-        _read_fragment(fragment, kb, panel, state)
-    waiting = state.waiting
-    for kind, key, where in waiting:
-        if kind == "kb":
-            raise IHCError(
-                f"{where}: no result for {kb.markers[key].display!r}; write e.g. "
-                f"'{kb.markers[key].display}+' or '{kb.markers[key].display} negative'"
-            )
+    for clause in split_clauses(text):  # a result never crosses a ";" or a sentence end
+        for fragment in split_fragments(clause):
+            _read_fragment(fragment, kb, panel, state)
+        for kind, key, where in state.waiting:
+            if kind == "kb":
+                raise IHCError(
+                    f"{where}: no result for {kb.markers[key].display!r}; write e.g. "
+                    f"'{kb.markers[key].display}+' or '{kb.markers[key].display} negative'"
+                )
+        state.waiting.clear()
+        state.carry = None
     return panel
 
 
@@ -211,6 +211,8 @@ def _read_fragment(fragment: str, kb: KnowledgeBase, panel: Panel, state: _State
     lead_words = [w for w in lead if w.lower().strip(":") not in STOP_WORDS]
     if lead and lead[-1].lower() in ("for", "to"):  # "positive for ...", "reactive to ..."
         state.carry = carry = read_result(lead[:-1], False, where)
+    elif lead and lead[-1].endswith(":") and items and all(is_result_word(w) for w in lead):
+        state.carry = carry = read_result(lead, False, where)  # "Negative: EMA, PR"
     elif lead and lead[-1].lower() in EXPRESSING:  # "lymphoma (not) expressing CD20, ..."
         negated = len(lead) > 1 and lead[-2].lower() in ("not", "no", "without")
         state.carry = carry = read_result(["negative" if negated else "positive"], False, where)
@@ -264,6 +266,9 @@ def _read_fragment(fragment: str, kb: KnowledgeBase, panel: Panel, state: _State
             and not re.search(r"\d\s*%|h-?score|allred|\bh\s*[:=]", said)
             and not any(phrase in said for phrase in NOT_PERFORMED if " " in phrase)
         ):
+            unread = [w for w in words if not _filler(w) and w.lower() not in QUALIFIERS]
+            if unread and kind == "kb":  # never borrow the next marker's result past them
+                raise IHCError(f"{where}: no result (could not read: {' '.join(unread)})")
             waiting.append((kind, key, where))  # "CD31 membranous staining, diffuse"
             continue
         try:

@@ -20,203 +20,19 @@ import re
 from dataclasses import dataclass, field
 
 from pipeline.core.errors import UsageError
+from pipeline.ihc.vocabulary import (
+    ADVERBS,
+    COMPARTMENTS,
+    EQUIVOCAL,
+    FOCAL,
+    LOSS,
+    NEGATIVE,
+    NEGATIVE_PHRASES,
+    NOT_PERFORMED,
+    POSITIVE,
+    STOP_WORDS,
+)
 
-STOP_WORDS = frozenset(
-    [
-        "is",
-        "are",
-        "was",
-        "were",
-        "be",
-        "shows",
-        "show",
-        "showing",
-        "showed",
-        "with",
-        "the",
-        "of",
-        "in",
-        "tumour",
-        "tumor",
-        "tumoral",
-        "cells",
-        "cell",
-        "neoplastic",
-        "lesional",
-        "staining",
-        "stain",
-        "stains",
-        "stained",
-        "but",
-        "or",
-        "nor",
-        "immunoreactivity",
-        "immunostain",
-        "immunohistochemistry",
-        "ihc",
-        "situ",  # "by in situ hybridization" (EBER): the method, not a result
-        "hybridization",
-        "hybridisation",
-        "ish",
-        "for",
-        "to",
-        "on",
-        "by",
-        "in:",
-        "also",
-        "both",
-        "all",
-    ]
-)
-POSITIVE = frozenset(
-    [
-        "yes",
-        "p",
-        "positive",
-        "positivity",
-        "pos",
-        "pos.",
-        "+",
-        "++",
-        "+++",
-        "(++)",
-        "(+++)",
-        "1+",
-        "2+",
-        "3+",
-        "reactive",
-        "expressed",
-        "present",
-        "diffuse",
-        "diffusely",
-        "strong",
-        "strongly",
-        "moderate",
-        "moderately",
-        "extensive",
-        "extensively",
-        "immunoreactive",
-        "immunopositive",
-        "positively",
-    ]
-)
-NEGATIVE = frozenset(
-    [
-        "no",
-        "n",
-        "0",
-        "negative",
-        "negativity",
-        "neg",
-        "neg.",
-        "-",
-        "(-)",
-        "−",
-        "–",
-        "absent",
-        "nonreactive",
-        "non-reactive",
-        "unreactive",
-        "immunonegative",
-        "negatively",
-        "nil",
-    ]
-)
-FOCAL = frozenset(
-    [
-        "reduced",
-        "decreased",
-        "diminished",
-        "f",
-        "(+)",  # the German-style "(+)": weakly / focally positive
-        "focal",
-        "focally",
-        "patchy",
-        "scattered",
-        "partial",
-        "partially",
-        "rare",
-        "occasional",
-        "weak",
-        "weakly",
-        "heterogeneous",
-        "heterogeneously",
-        "multifocal",
-        "(+/-)",
-        "isolated",
-        "few",
-    ]
-)
-EQUIVOCAL = frozenset(
-    [
-        "equivocal",
-        "indeterminate",
-        "?",
-        "±",
-        "+/-",
-        "inconclusive",
-        "unclear",
-        "non-diagnostic",
-        "nondiagnostic",
-        "questionable",
-    ]
-)
-COMPARTMENTS = frozenset(
-    [
-        "nuclear",
-        "membranous",
-        "membrane",
-        "cytoplasmic",
-        "dot-like",
-        "paranuclear",
-        "perinuclear",
-        "granular",
-        "cytoplasm",
-        "nucleus",
-        "nuclei",
-        "membranes",
-    ]
-)
-ADVERBS = frozenset(
-    {"weakly", "focally", "diffusely", "strongly", "moderately", "patchily", "partially",
-     "faintly", "intensely", "variably", "multifocally", "heterogeneously", "weak", "focal",
-     "diffuse", "strong", "moderate", "patchy", "partial", "faint", "intense", "variable"}
-)  # fmt: skip
-"""Words that can stand alone before "and" in "weakly and focally positive"."""
-QUALIFIERS = COMPARTMENTS | {
-    *("only", "cells", "areas", "tumour", "tumor", "in", "of", "%", "clone", "intensity"),
-    *("done", "performed", "available", "follow", "evaluable", "expression", "pattern"),
-}
-NOT_PERFORMED = (
-    "not done",
-    "not performed",
-    "not available",
-    "to follow",
-    "pending",
-    "n/a",
-    "na",
-    "nd",
-    "np",
-    "not_performed",
-    "not evaluable",
-    "failed",
-)
-NEGATIVE_PHRASES = ("not expressed", "no staining", "no expression", "not detected", "not seen")
-LOSS = {
-    "positive": ("complete loss", "loss", "lost", "deficient", "absent", "completely lost"),
-    "negative": (
-        *("retained", "intact", "preserved", "expressed", "retention"),
-        *("not lost", "no loss", "not deficient", "without loss"),
-    ),
-    "focal": (
-        "partial loss",
-        "mosaic",
-        "mosaic loss",
-        "partially lost",
-        "reduced",
-        "subclonal loss",
-    ),
-}
 _SIGN = r"\+\+\+|\+\+|\+/-|\+|-|−|–|±"
 _SPLIT_SIGN = re.compile(rf"(?<=[A-Za-z0-9\)])({_SIGN})(?=$|[\s,;.)])")
 _PAREN_SIGN = re.compile(r"(?<=\w)\((?=[+\-−–±])")
@@ -241,6 +57,21 @@ class Reading:
     qualifiers: list[str] = field(default_factory=list)
     loss_words: bool = False
     """The phrase spoke of loss / retention (already in the loss marker's terms)."""
+
+
+def split_clauses(text: str) -> list[str]:
+    """Clauses at ``;``, ``|``, newlines and sentence ends outside parentheses: a marker
+    waiting for its result ("desmin and SMA positive") finds it within its clause only."""
+    out, depth, start = [], 0, 0
+    for i, ch in enumerate(text):
+        depth += ch == "("
+        depth -= ch == ")" and depth > 0
+        end = ch == "." and (i + 1 == len(text) or text[i + 1] == " ")
+        if depth == 0 and (ch in ";|\n" or end):
+            out.append(text[start:i])
+            start = i + 1
+    out.append(text[start:])
+    return [c for c in out if c.strip()]
 
 
 def split_fragments(text: str) -> list[str]:
