@@ -1,6 +1,8 @@
 """Run the IHC differential on panels taken from published cases (docs/ihc_literature_cases.csv:
 the panel as the paper wrote it, with its citation) and report top-1 / top-3 accuracy,
-indeterminate calls, and confident wrong calls, under the default prior, IHC alone.
+indeterminate calls, and confident wrong calls, under the default prior, IHC alone. Results
+read from fragments with words the parser could not place are listed as "check" lines, for a
+person to confirm the reading.
 
     python scripts/validate_ihc.py [--prior NAME] [--csv PATH]
 """
@@ -55,6 +57,9 @@ def main() -> int:
             f"({made.differential.posterior.max():.2f}) rank {ranked.index(expected) + 1:>2} "
             f"{status:<27} {panel.usage()}"
         )
+        for r in panel.performed.values():  # words of a result that were not read: check them
+            for note in (q for q in r.qualifiers if q.startswith("unread: ")):
+                print(f"{'':<24}check: {r.marker} read {r.state} from {r.raw!r} ({note})")
     n = len(cases)
     print(
         f"\n{n} cases, prior {prior}: top-1 {top1}/{n} ({top1 / n:.0%}), top-3 {top3}/{n} "

@@ -343,3 +343,26 @@ def test_real_images_are_unlike_a_synthetic_training_set(
         share, _ = _ood_share(tmp_path / "synth", r["slide_id"])
         assert share <= CallConfig.load().max_ood_fraction, (r["slide_id"], share)
     assert not math.isnan(share)
+
+
+@pytest.mark.parametrize("prior", ["dural_high_grade", "uniform", "dural_any"])
+def test_published_cases_are_read_whole_and_never_confidently_wrong(prior):
+    """The 41 published panels of docs/ (tuning and held-out): every one is read (no unknown
+    marker, no error) and no call settles on a wrong entity; misses are indeterminate or open."""
+    import csv
+    from pathlib import Path
+
+    kb, config = load_knowledge(), CallConfig.load()
+    docs = Path(__file__).parent.parent / "docs"
+    cases = [
+        row
+        for name in ("ihc_literature_cases.csv", "ihc_literature_cases_heldout.csv")
+        for row in csv.DictReader((docs / name).read_text().splitlines())
+    ]
+    assert len(cases) >= 41
+    for case in cases:
+        panel = parse_panel(case["panel"], kb)
+        assert not panel.unknown, case["case_id"]
+        call = make_call(kb, config, panel, None, prior).call
+        settled = not call.indeterminate and not call.entity_note
+        assert not settled or call.entity == case["expected"], (case["case_id"], call.entity)
