@@ -1,7 +1,9 @@
 """Reading IHC results as pathology reports write them.
 
-A panel is split into fragments at ``;``, ``,``, ``|``, newlines, sentence ends and the word
-``and`` (never inside parentheses, nor in ``AE1/AE3``). In each fragment the longest marker
+A panel is split into clauses at ``;``, ``|``, newlines and sentence ends, and clauses into
+fragments at ``,`` and the word ``and`` (never inside parentheses, nor in ``AE1/AE3``); a
+marker waiting for its result ("desmin and SMA positive") finds it within its clause. In
+each fragment the longest marker
 name or alias at a word boundary starts a result, which runs to the next marker name:
 ``Desmin: positive (diffuse)``, ``SMA (-)``, ``SMA focal weak``, ``strongly positive``,
 ``PR (80%)``, ``PR H-score 200``, ``ER Allred 7/8``, ``Ki-67 20-30%``, ``H3K27me3 partial
@@ -11,7 +13,7 @@ by in situ hybridization"). For loss markers (H3K27me3, INI1) "loss of INI1", "n
 "mosaic" read as written; "loss" of any other marker is refused. ``not done`` / ``pending`` are
 recorded, not used. A marker whose result cannot be read, or reads both ways (``negative,
 focally positive``), is an error naming the fragment; markers the knowledge base only notes
-(Ki-67, CD99...) are recorded and counted as given but not used.
+(Ki-67, CD56...) are recorded and counted as given but not used.
 """
 
 from __future__ import annotations
