@@ -158,10 +158,14 @@ class Differential:
         variant = self._variant(entity)
         return variant.name if variant is not None else None
 
+    @property
+    def evidence_loglik(self) -> np.ndarray:
+        """log P(IHC and image | entity): the evidence without the prior."""
+        return self.ihc_loglik + np.log(np.maximum(self.image_likelihood, 1e-300))
+
     def evidence_ranking(self, top: int = 5) -> list[tuple[str, float]]:
         """Entities by the evidence alone (IHC and image likelihoods, no prior), normalised."""
-        with np.errstate(divide="ignore"):
-            log_lik = self.ihc_loglik + np.log(self.image_likelihood)
+        log_lik = self.evidence_loglik
         lik = np.exp(log_lik - log_lik.max())
         lik = lik / lik.sum()
         order = np.argsort(-lik, kind="stable")[:top]
@@ -243,14 +247,14 @@ def next_stains(diff: Differential, top: int = 5) -> list[Suggestion]:
             Suggestion(marker, kb.markers[marker].display, h0 - expected, _separated_pair(diff, j))
         )
     out.sort(key=lambda s: (-s.entropy_reduction, s.marker))
-    listed: set[str] = set()  # one stain per correlated group: its second adds little
-    for s in list(out):
+    kept, listed = [], set()  # one stain per correlated group: its second adds little
+    for s in out:
         group = kb.group_of(s.marker)
-        if group in listed:
-            out.remove(s)
-        elif group is not None:
+        if group not in listed:
+            kept.append(s)
+        if group is not None:
             listed.add(group)
-    return out[:top]
+    return kept[:top]
 
 
 def _separated_pair(diff: Differential, j: int) -> tuple[str, float, str, float] | None:

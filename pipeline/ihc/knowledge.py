@@ -194,7 +194,10 @@ def explain(kb: KnowledgeBase, name: str) -> str:
         lines.append(f"  {label:<28}{kb.p(e, m):5.2f}  {source_kind(source):<8} {source}")
     kinds = [source_kind(kb.sources.get(p, "")) for p in pairs]
     for v in kb.variants:
-        rows = [m for m in v.p if m == marker] if marker else list(v.p) * (v.entity == entity)
+        if marker:
+            rows = [marker] if marker in v.p else []
+        else:
+            rows = list(v.p) if v.entity == entity else []
         if rows:
             lines.append(f"  variant {v.name} ({v.entity}, share {v.share:g}):")
         for m in rows:

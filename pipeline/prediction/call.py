@@ -240,7 +240,7 @@ def _close_rival(diff: Differential, entity: str, config: CallConfig) -> tuple[s
     that the prior puts below ``entity`` and that the evidence separates from it less than
     ``min_evidence_ratio``-fold: the prior, not the evidence, decides between the two."""
     i = diff.entities.index(entity)
-    evidence = diff.ihc_loglik + np.log(np.maximum(diff.image_likelihood, 1e-300))
+    evidence = diff.evidence_loglik
     home = diff.class_of(entity) or entity
     rivals = [
         j
