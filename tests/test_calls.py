@@ -155,11 +155,6 @@ def test_expressing_reads_as_a_result_for_the_markers_after_it(text, expected):
     assert {k: r.state for k, r in panel.results.items()} == expected and not panel.unknown
 
 
-def test_neither_nor_is_refused_not_flipped():
-    with pytest.raises(UsageError, match="neither"):
-        parse_panel("neither desmin nor SMA positive", KB)
-
-
 def test_partial_or_unknown_image_probabilities_are_errors():
     with pytest.raises(UsageError, match=r"sum to 0\.90"):
         _evidence({"leiomyosarcoma": 0.9})

@@ -42,7 +42,7 @@ def test_the_worked_case_panel():
         ("smooth muscle actin neg", "SMA", "negative"),
         ("STAT6 focal", "STAT6_nuclear", "focal"),
         ("STAT-6 patchy", "STAT6_nuclear", "focal"),
-        ("S100 (+)", "S100", "focal"),
+        ("S100 (+)", "S100", "positive"),  # "(+)" is weak only on a graded scale
         ("CD34 +/-", "CD34", "equivocal"),
         ("SOX10 −", "SOX10", "negative"),
         ("AE1/AE3+", "panCK_AE1AE3", "positive"),
@@ -269,3 +269,66 @@ def test_pairs_as_a_notebook_holds_them():
         "SMA": "negative",
     }
     assert panel.noted and panel.usage() == "2 of 3 markers used"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "neither desmin nor SMA positive",
+        "neither desmin nor SMA was expressed",
+        "the tumour expressed neither desmin nor SMA",
+        "showed neither desmin nor SMA",
+    ],
+)
+def test_neither_nor_reads_every_marker_negative(text):
+    assert states(parse_panel(text)) == {"desmin": "negative", "SMA": "negative"}
+
+
+@pytest.mark.parametrize(
+    "text", ["neither desmin nor SMA negative", "neither desmin nor SMA", "neither INI1 nor X lost"]
+)
+def test_neither_nor_that_could_flip_is_refused(text):
+    with pytest.raises(IHCError, match="neither"):
+        parse_panel(text)
+
+
+def _sentences() -> list[dict]:
+    import csv
+    from pathlib import Path
+
+    with open(Path(__file__).parent / "data" / "ihc_sentences.csv", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+@pytest.mark.parametrize("row", _sentences(), ids=lambda r: r["sentence"][:60])
+def test_case_report_sentences_read_whole(row):
+    """Whole sentences as case reports write them: every marker with the result meant,
+    what could not be read listed verbatim, noted markers (Ki-67, p53...) counted."""
+    panel = parse_panel(row["sentence"])
+    expected = dict(p.split("=") for p in row["expected"].split("; ") if p)
+    assert states(panel) == expected
+    assert " | ".join(panel.unknown) == row["unread"]
+    assert len(panel.noted) == int(row["noted"])
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "CD34 positive in vessels",  # about other cells: the tumour's result is not written
+        "SMA not diffusely positive",  # a "not" that is no negative
+        "desmin, strong SMA staining",  # desmin never borrows SMA's result before SMA
+    ],
+)
+def test_results_about_other_cells_or_a_stray_not_are_refused(text):
+    with pytest.raises(IHCError):
+        parse_panel(text)
+
+
+def test_plus_in_brackets_is_weak_only_on_a_graded_scale():
+    assert states(parse_panel("SMA (+), S-100 (-)")) == {"SMA": "positive", "S100": "negative"}
+    assert states(parse_panel("desmin (+++), SMA (+)")) == {"desmin": "positive", "SMA": "focal"}
+
+
+def test_a_waiting_marker_records_both_fragments():
+    panel = parse_panel("desmin, SMA and caldesmon positive")
+    assert panel.results["desmin"].raw == "desmin … caldesmon positive"

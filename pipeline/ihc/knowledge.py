@@ -150,11 +150,11 @@ class KnowledgeBase:
 
     def resolve_noted(self, name: str) -> str | None:
         """Display name of a noted (read, not used) marker for a name or alias."""
-        return self._noted_index.get(normalise_name(name))
+        return _lookup(self._noted_index, name)
 
     def resolve_marker(self, name: str) -> str | None:
         """Canonical marker key for a name or alias (``hCaldesmon`` → ``h_caldesmon``)."""
-        return self._alias_index.get(normalise_name(name))
+        return _lookup(self._alias_index, name)
 
     def prior(self, name: str | None = None) -> np.ndarray:
         """Normalised prior over ``entities`` for a named prior."""
@@ -165,6 +165,15 @@ class KnowledgeBase:
         floor = float(self.extra.get("prior_floor", {}).get(name, 0.0))
         values = np.array([weights.get(e, floor) for e in self.entities], float)
         return values / values.sum()
+
+
+def _lookup(index: dict[str, str], name: str) -> str | None:
+    """A name's entry in an alias index, singular or plural ("cytokeratins")."""
+    key = normalise_name(name)
+    found = index.get(key)
+    if found is None and len(key) > 3 and key.endswith("s"):
+        found = index.get(key[:-1])
+    return found
 
 
 def source_kind(source: str) -> str:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from itertools import pairwise
 
 from pipeline.ihc.knowledge import KnowledgeBase, load_knowledge
 from pipeline.ihc.report import (
@@ -26,7 +25,22 @@ from pipeline.ihc.report import (
     split_fragments,
     tokens,
 )
-from pipeline.ihc.vocabulary import COMPARTMENTS, NOT_PERFORMED, QUALIFIERS, STOP_WORDS
+from pipeline.ihc.sentence import (
+    EXPRESSING,
+    is_filler,
+    negate_after_not,
+    neither_nor,
+    result_or_compartment,
+    split_slashes,
+    starts_unknown,
+)
+from pipeline.ihc.vocabulary import (
+    CONTEXT,
+    NEGATING,
+    NOT_PERFORMED,
+    QUALIFIERS,
+    STOP_WORDS,
+)
 
 STATES = ("positive", "negative", "focal", "equivocal", "not_performed")
 
@@ -138,16 +152,17 @@ def parse_panel(text: str, kb: KnowledgeBase | None = None) -> Panel:
     ``"positive for desmin and h-caldesmon, negative for EMA"``."""
     kb = kb or load_knowledge()
     panel = Panel(raw=text)
-    state = _State()
+    state = _State(graded=bool(re.search(r"\+\+", text)))
     for clause in split_clauses(text):  # a result never crosses a ";" or a sentence end
         for fragment in split_fragments(clause):
             _read_fragment(fragment, kb, panel, state)
-        for kind, key, where in state.waiting:
+        for kind, key, own in state.waiting:
             if kind == "kb":
                 raise IHCError(
-                    f"{where}: no result for {kb.markers[key].display!r}; write e.g. "
-                    f"'{kb.markers[key].display}+' or '{kb.markers[key].display} negative'"
+                    f"panel fragment {own!r}: no result for {kb.markers[key].display!r}; write "
+                    f"e.g. '{kb.markers[key].display}+' or '{kb.markers[key].display} negative'"
                 )
+            panel.noted.append(f"{key} (panel fragment {own!r}): result not read")
         state.waiting.clear()
         state.carry = None
     return panel
@@ -168,10 +183,6 @@ def _match(toks: list[str], i: int, kb: KnowledgeBase) -> tuple[str, str, int] |
     return None
 
 
-EXPRESSING = frozenset(["expressing", "expresses", "express", "expressed"])
-"""A verb that, before markers, says they are positive ("tumour cells expressing CD20")."""
-
-
 @dataclass
 class _State:
     """What one fragment leaves to the next."""
@@ -182,70 +193,79 @@ class _State:
     """Markers whose result comes later ("desmin and SMA positive")."""
     last: tuple | None = None
     """(key, words, fragment) of the last marker read, for a continuation."""
+    graded: bool = False
+    """The panel grades with "++" / "+++", so "(+)" is weak."""
 
 
 def _read_fragment(fragment: str, kb: KnowledgeBase, panel: Panel, state: _State) -> None:
     carry, waiting = state.carry, state.waiting
-    toks = tokens(fragment)
-    if any(t.lower() == "neither" for t in toks):  # "neither desmin nor SMA positive"
-        raise IHCError(
-            f"panel fragment {fragment!r}: 'neither ... nor' is not read (a sign after it would "
-            "flip); write each result, e.g. 'desmin negative, SMA negative'"
-        )
+    toks = split_slashes(tokens(fragment), kb)
+    if any(t.lower() == "neither" for t in toks):  # "neither desmin nor SMA was expressed"
+        toks = neither_nor(toks, fragment)
     items: list[list] = []  # [kind, key, words]
     lead: list[str] = []
     i = 0
     while i < len(toks):
         found = _match(toks, i, kb)
         if found is not None and not (items and is_result_word(toks[i]) and found[2] == 1):
-            items.append([found[0], found[1], []])
+            if not (items and items[-1][:2] == list(found[:2]) and not items[-1][2]):
+                items.append([found[0], found[1], []])  # "Ki-67 proliferation index": one
             i += found[2]
             continue
         word = toks[i]
-        if items and _starts_unknown(word, items[-1][2]):  # "desmin+ FOO7 positive"
+        if items and starts_unknown(word, items[-1][2]):  # "desmin+ FOO7 positive"
             items.append(["unknown", word, []])
         else:
             (items[-1][2] if items else lead).append(word)
         i += 1
     where = f"panel fragment {fragment!r}"
     lead_words = [w for w in lead if w.lower().strip(":") not in STOP_WORDS]
-    if lead and lead[-1].lower() in ("for", "to"):  # "positive for ...", "reactive to ..."
-        state.carry = carry = read_result(lead[:-1], False, where)
-    elif lead and lead[-1].endswith(":") and items and all(is_result_word(w) for w in lead):
-        state.carry = carry = read_result(lead, False, where)  # "Negative: EMA, PR"
+    graded, prefix = state.graded, False
+    low = [w.lower() for w in lead_words]
+    if items and low and low[0] in NEGATING and set(low[1:]) <= {"of", "expression"}:
+        state.carry = carry = read_result(["negative"], False, where)  # "lack of PR"
+    elif lead and lead[-1].lower() in ("for", "to", "by", "with"):
+        if any(is_result_word(w) for w in lead[:-1]):  # "positive for", "labelled by"
+            state.carry = carry = read_result(lead[:-1], False, where, graded)
+        # else "staining for STAT6 was absent": the result follows the marker
+    elif (
+        lead[-1:]
+        and lead[-1].endswith(":")
+        and items
+        and lead_words
+        and all(is_result_word(w) for w in lead_words)
+    ):
+        state.carry = carry = read_result(lead, False, where, graded)  # "Negative: EMA, PR"
     elif lead and lead[-1].lower() in EXPRESSING:  # "lymphoma (not) expressing CD20, ..."
         negated = len(lead) > 1 and lead[-2].lower() in ("not", "no", "without")
         state.carry = carry = read_result(["negative" if negated else "positive"], False, where)
     elif lead_words and not items and lead_words[0].lower() == "clone":
         return  # "desmin (+), clone D33": the antibody clone, recorded with the fragment
     elif lead_words and not items and waiting and all(is_result_word(w) for w in lead_words):
-        reading = read_result(lead_words, False, where)  # "CD31 membranous staining, diffuse"
-        for w_kind, w_key, _ in waiting:
-            _add(w_kind, w_key, reading, fragment, kb, panel)
-        waiting.clear()
+        reading = read_result(lead_words, False, where, graded)  # "CD31 membranous, diffuse"
+        _resolve_waiting(waiting, reading, fragment, kb, panel)
         return
     elif lead_words and not items and state.last and all(is_result_word(w) for w in lead_words):
         key, words, first = state.last  # "EMA negative, focally positive": one result
         panel.results.pop(key, None)
         joined = f"panel fragment {first + ', ' + fragment!r}"
-        reading = read_result([*words, *lead_words], kb.markers[key].loss_marker, joined)
+        reading = read_result([*words, *lead_words], kb.markers[key].loss_marker, joined, graded)
         _add("kb", key, reading, f"{first}, {fragment}", kb, panel)
         return
-    elif lead_words and items and all(_result_or_compartment(w) for w in lead_words):
+    elif lead_words and items and all(result_or_compartment(w) for w in lead_words):
         if any(not re.search(r"[a-z]", w.lower()) for w in lead_words):
             raise IHCError(f"{where}: result {' '.join(lead_words)!r} has no marker before it")
         items[0][2][:0] = lead_words  # "rare GFAP positive areas", "strong desmin staining"
+        prefix = True  # ... is that marker's own, never one waiting before it ("not by CD34")
     elif lead_words and not items:
         panel.unknown.append(fragment)
         panel.warnings.append(f"{where}: could not read it (no known marker); it was not used")
         if waiting and any(is_result_word(w) for w in lead_words):  # "..., nestin positive"
-            reading = read_result(lead_words[1:] or lead_words, False, where)
-            for w_kind, w_key, _ in waiting:
-                _add(w_kind, w_key, reading, fragment, kb, panel)
-            waiting.clear()
+            reading = read_result(lead_words[1:] or lead_words, False, where, graded)
+            _resolve_waiting(waiting, reading, fragment, kb, panel)
         return
-    _negate_after_not(items)
-    for kind, key, words in items:
+    negate_after_not(items)
+    for n, (kind, key, words) in enumerate(items):
         if kind == "unknown":
             text = " ".join([key, *words])
             panel.unknown.append(text)
@@ -254,75 +274,45 @@ def _read_fragment(fragment: str, kb: KnowledgeBase, panel: Panel, state: _State
                 "add it or an alias there)"
             )
             continue
-        if all(_filler(w) for w in words):
+        if all(is_filler(w) for w in words):
             if carry is not None:
                 _add(kind, key, carry, fragment, kb, panel)
             else:
-                waiting.append((kind, key, where))
+                waiting.append((kind, key, fragment))
             continue
         said = " ".join(words).lower()
         if (
             not any(is_result_word(w, loss=True) for w in words)
             and not re.search(r"\d\s*%|h-?score|allred|\bh\s*[:=]", said)
             and not any(phrase in said for phrase in NOT_PERFORMED if " " in phrase)
+            and not CONTEXT & set(said.split())  # "CD3 highlighted background T cells"
         ):
-            unread = [w for w in words if not _filler(w) and w.lower() not in QUALIFIERS]
+            unread = [w for w in words if not is_filler(w) and w.lower() not in QUALIFIERS]
             if unread and kind == "kb":  # never borrow the next marker's result past them
                 raise IHCError(f"{where}: no result (could not read: {' '.join(unread)})")
-            waiting.append((kind, key, where))  # "CD31 membranous staining, diffuse"
+            waiting.append((kind, key, fragment))  # "CD31 membranous staining, diffuse"
             continue
         try:
-            reading = read_result(words, kind == "kb" and kb.markers[key].loss_marker, where)
+            loss = kind == "kb" and kb.markers[key].loss_marker
+            reading = read_result(words, loss, where, graded)
         except IHCError:
             if kind == "noted":
                 panel.noted.append(f"{key} ({where}): result not read")
                 continue
             raise
-        for w_kind, w_key, _ in waiting:  # "desmin and SMA positive"
-            _add(w_kind, w_key, reading, fragment, kb, panel)
-        waiting.clear()
+        if not (prefix and n == 0):
+            _resolve_waiting(waiting, reading, fragment, kb, panel)  # "desmin and SMA +"
         _add(kind, key, reading, fragment, kb, panel)
         state.carry = carry = None
         state.last = (key, words, fragment) if kind == "kb" else None
 
 
-def _filler(word: str) -> bool:
-    """A word that says nothing about the result: a filler word, or a parenthetical
-    without a result in it ("EBV-encoded RNA (EBER)", a clone)."""
-    if word.lower().strip(":") in STOP_WORDS:
-        return True
-    inner = word[1:-1].split() if word.startswith("(") and word.endswith(")") else None
-    return inner is not None and not any(is_result_word(w, loss=True) for w in inner)
-
-
-def _result_or_compartment(word: str) -> bool:
-    """A lead word that belongs to the result of the marker after it ("diffuse loss of
-    nuclear INI1 expression", "strong desmin staining")."""
-    return is_result_word(word, loss=True) or word.lower() in COMPARTMENTS
-
-
-def _negate_after_not(items: list[list]) -> None:
-    """In "A and B but not (to / for) C" the "not" belongs to C, which is negative, while B
-    keeps the shared result ("immunoreactive to HMB-45 and S-100 but not to EMA")."""
-    for this, after in pairwise(items):
-        tail = [w.lower() for w in this[2][-2:]]
-        cut = 2 if tail in (["not", "to"], ["not", "for"]) else 1 if tail[-1:] == ["not"] else 0
-        if cut and not any(is_result_word(w, loss=True) for w in after[2]):
-            del this[2][-cut:]
-            after[2][:0] = ["negative"]
-
-
-def _starts_unknown(word: str, previous: list[str]) -> bool:
-    """A word after a complete result that is no result, qualifier or filler word: the
-    name of a marker the knowledge base does not know."""
-    if not any(is_result_word(w, loss=True) for w in previous) or word.startswith("("):
-        return False
-    if previous[-1].lower() == "clone" or (
-        re.search(r"\d", word) and not re.search(r"[a-z]", word.lower())
-    ):
-        return False  # a clone name, or a number that belongs to the result
-    t = word.lower().strip(":,.")
-    return not (is_result_word(word, loss=True) or t in STOP_WORDS or t in QUALIFIERS)
+def _resolve_waiting(waiting: list, reading: Reading, fragment: str, kb, panel: Panel) -> None:
+    """Give the markers waiting for a result ("desmin and SMA positive") this one; each
+    records its own fragment and the one its result came from."""
+    for kind, key, own in waiting:
+        _add(kind, key, reading, fragment if own == fragment else f"{own} … {fragment}", kb, panel)
+    waiting.clear()
 
 
 def _add(kind: str, key: str, reading: Reading, fragment: str, kb, panel: Panel) -> None:

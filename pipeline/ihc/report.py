@@ -1,8 +1,13 @@
 """Reading IHC results as pathology reports write them.
 
 A panel is split into clauses at ``;``, ``|``, newlines and sentence ends, and clauses into
-fragments at ``,`` and the word ``and`` (never inside parentheses, nor in ``AE1/AE3``); a
-marker waiting for its result ("desmin and SMA positive") finds it within its clause. In
+fragments at ``,`` and the words ``and``, ``but``, ``whereas``, ``while`` (never inside
+parentheses, nor in ``AE1/AE3``); a marker waiting for its result ("desmin and SMA positive")
+finds it within its clause, never in a result written before a later marker ("but not by
+CD34"). A result hyphenated to its marker ("S-100-positive") is read as written; "(+)" is
+positive, or weak where the panel grades with "++" / "+++". A result about other cells
+("CD34 highlighted the vessels only", "(vessels positive)") is the tumour's negative, or an
+error when it is about them alone ("CD34 positive in vessels"). In
 each fragment the longest marker
 name or alias at a word boundary starts a result, which runs to the next marker name:
 ``Desmin: positive (diffuse)``, ``SMA (-)``, ``SMA focal weak``, ``strongly positive``,
@@ -25,14 +30,18 @@ from pipeline.core.errors import UsageError
 from pipeline.ihc.vocabulary import (
     ADVERBS,
     COMPARTMENTS,
+    CONTEXT,
     EQUIVOCAL,
     FOCAL,
+    GRADED_WEAK,
     LOSS,
     NEGATIVE,
     NEGATIVE_PHRASES,
     NOT_PERFORMED,
+    NOT_THEN,
     POSITIVE,
     STOP_WORDS,
+    TUMOUR,
 )
 
 _SIGN = r"\+\+\+|\+\+|\+/-|\+|-|−|–|±"
@@ -40,6 +49,14 @@ _SPLIT_SIGN = re.compile(rf"(?<=[A-Za-z0-9\)])({_SIGN})(?=$|[\s,;.)])")
 _PAREN_SIGN = re.compile(r"(?<=\w)\((?=[+\-−–±])")
 _PERCENT = re.compile(r"^[<>≥≤~]?(\d+(?:\.\d+)?)(?:\s*-\s*(\d+(?:\.\d+)?))?%$")
 _NUMBER = re.compile(r"^\d+(?:\.\d+)?$")
+_HYPHEN_RESULT = re.compile(
+    r"(?<!non)(?<=[\w)])-(positive|negative|immunoreactive|immunopositive|immunonegative|"
+    r"reactive|expressing|staining|stained)\b",
+    re.I,
+)
+"""A result hyphenated to its marker: "S-100-positive cells", "CD34-negative"."""
+_JOIN = re.compile(r"(?:^|\s+)(?:and|but|whereas|while)\s+", re.I)
+"""Words that join fragments: "positive for SMA but negative for desmin" is two."""
 
 
 class IHCError(UsageError):
@@ -78,7 +95,7 @@ def split_clauses(text: str) -> list[str]:
 
 def split_fragments(text: str) -> list[str]:
     """Fragments at separators outside parentheses."""
-    text = _PAREN_SIGN.sub(" (", _SPLIT_SIGN.sub(r" \1", text))
+    text = _PAREN_SIGN.sub(" (", _SPLIT_SIGN.sub(r" \1", _HYPHEN_RESULT.sub(r" \1", text)))
     out, depth, start = [], 0, 0
     for i, ch in enumerate(text):
         depth += ch == "("
@@ -92,9 +109,9 @@ def split_fragments(text: str) -> list[str]:
     out.append(text[start:])
     pieces = []
     for part in out:
-        split = [p.strip() for p in re.split(r"\s+and\s+", part.strip(), flags=re.I)]
+        split = [p.strip() for p in _JOIN.split(part.strip())]
         for j, piece in enumerate(split):  # "weakly and focally positive for X": one phrase
-            words = piece.split()
+            words = [w for w in piece.split() if w.lower() not in STOP_WORDS]
             if j + 1 < len(split) and words and all(t.lower() in ADVERBS for t in words):
                 split[j + 1] = f"{piece} {split[j + 1]}"
                 split[j] = ""
@@ -123,12 +140,13 @@ def is_result_word(token: str, loss: bool = False) -> bool:
         or t in EQUIVOCAL
         or t in NOT_PERFORMED
         or bool(_PERCENT.match(t.strip("()")))
-        or t in ("not", "no", "h-score", "hscore", "allred")
+        or t in ("not", "no", "h-score", "hscore", "allred", GRADED_WEAK)
     )
 
 
-def read_result(words: list[str], loss_marker: bool, where: str) -> Reading:
-    """The result a marker's words say; ``IHCError`` when they say nothing, or both."""
+def read_result(words: list[str], loss_marker: bool, where: str, graded: bool = False) -> Reading:
+    """The result a marker's words say; ``IHCError`` when they say nothing, or both. With
+    ``graded`` (the panel grades with "++" / "+++"), "(+)" is weak."""
     phrase = " ".join(_clean(w) for w in words)
     phrase = re.sub(r"\s+", " ", phrase).strip(" :")
     if re.fullmatch(r"[-–−]\s+.+", phrase):  # "STAT6 - nuclear +": the dash is punctuation
@@ -138,9 +156,7 @@ def read_result(words: list[str], loss_marker: bool, where: str) -> Reading:
             return Reading("not_performed", qualifiers=[phrase])
     reading = Reading("")
     found: set[str] = set()
-    rest = re.sub(
-        r"\bnot (?:positive|reactive|immunoreactive|stained|detected)\b", "negative", phrase
-    )
+    rest = re.sub(rf"\bnot (?:{'|'.join(NOT_THEN)})\b", "negative", phrase)
     if rest == "not" and not loss_marker:  # "desmin positive, not SMA"
         rest = "negative"
     if loss_marker:
@@ -159,13 +175,30 @@ def read_result(words: list[str], loss_marker: bool, where: str) -> Reading:
         if neg in rest:
             found.add("negative")
             rest = rest.replace(neg, " ")
+    for aside in re.findall(r"\([^()]*\)", rest):  # "(vessels positive)": a control
+        if CONTEXT & set(re.findall(r"[a-z]+", aside)):
+            reading.qualifiers.append(aside)
+            rest = rest.replace(aside, " ")
+    if CONTEXT & set(rest.split()) and not TUMOUR & set(rest.split()):
+        said = [w for w in rest.split() if w in POSITIVE or w in FOCAL]
+        if said and "only" not in rest.split():  # "CD34 positive in vessels"
+            raise IHCError(
+                f"{where}: the result is about other cells ({rest.strip()!r}); write the "
+                "tumour cells' result, e.g. 'CD34 negative (vessels positive)'"
+            )
+        reading.qualifiers.append(rest.strip())  # "highlighted the vessels only", "CD3
+        found.add("negative")  # highlighted background T cells": the tumour is not stained
+        rest = ""
     rest = _numbers(rest, reading, where)
     unread = []
     for raw in rest.split():
         t = raw.strip("()").strip(",.") if raw not in ("(+)", "(-)", "(+/-)") else raw
         if not t:
             continue
-        if reading.loss_words and t in ADVERBS:  # "diffuse loss", "diffusely retained"
+        if t == GRADED_WEAK:
+            found.add("focal" if graded else "positive")
+            reading.qualifiers += ["weak"] if graded else []
+        elif reading.loss_words and t in ADVERBS:  # "diffuse loss", "diffusely retained"
             reading.qualifiers.append(t)
         elif t in POSITIVE or raw in POSITIVE:
             found.add("positive")
@@ -186,6 +219,8 @@ def read_result(words: list[str], loss_marker: bool, where: str) -> Reading:
     )
     if "negative" in found and found & {"positive", "focal"}:
         raise IHCError(f"{where}: reads both ways ({' '.join(words)!r}); write one result")
+    if "not" in unread and found & {"positive", "focal"}:  # "not diffusely positive"
+        raise IHCError(f"{where}: 'not' before {' '.join(words)!r}; write one result")
     if not found and not numbers:
         detail = f" (could not read: {' '.join(unread)})" if unread else ""
         raise IHCError(f"{where}: no result{detail}")

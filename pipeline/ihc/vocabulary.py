@@ -32,6 +32,12 @@ STOP_WORDS = frozenset(
         "or",
         "nor",
         "immunoreactivity",
+        "reactivity",
+        "labelling",
+        "labeling",
+        "immunolabelling",
+        "immunolabeling",
+        "a",
         "immunoreaction",
         "immunostaining",
         "expression",
@@ -50,6 +56,10 @@ STOP_WORDS = frozenset(
         "also",
         "both",
         "all",
+        *("that", "which", "had", "has", "have", "any", "immunohistochemically"),
+        *("immunohistochemical", "immunostains", "immunostainings", "highlighted", "highlights"),
+        *("displayed", "exhibited", "demonstrated", "revealed", "detected", "identified"),
+        *("seen", "observed", "noted", "found"),  # "EMA was not detected": the "not" decides
     ]
 )
 POSITIVE = frozenset(
@@ -69,6 +79,11 @@ POSITIVE = frozenset(
         "2+",
         "3+",
         "reactive",
+        "immunopositivity",
+        "labelled",
+        "labeled",
+        "decorated",
+        "majority",
         "expressed",
         "present",
         "diffuse",
@@ -86,6 +101,8 @@ POSITIVE = frozenset(
         "immunoreactive",
         "immunopositive",
         "positively",
+        "overexpression",
+        "overexpressed",
     ]
 )
 NEGATIVE = frozenset(
@@ -99,6 +116,8 @@ NEGATIVE = frozenset(
         "neg.",
         "-",
         "(-)",
+        "(−)",
+        "(–)",
         "−",
         "–",
         "absent",
@@ -106,6 +125,7 @@ NEGATIVE = frozenset(
         "non-reactive",
         "unreactive",
         "immunonegative",
+        "immunonegativity",
         "negatively",
         "nil",
     ]
@@ -116,7 +136,6 @@ FOCAL = frozenset(
         "decreased",
         "diminished",
         "f",
-        "(+)",  # the German-style "(+)": weakly / focally positive
         "focal",
         "focally",
         "patchy",
@@ -124,6 +143,7 @@ FOCAL = frozenset(
         "partial",
         "partially",
         "rare",
+        "minority",
         "occasional",
         "weak",
         "weakly",
@@ -174,12 +194,35 @@ ADVERBS = frozenset(
 QUALIFIERS = COMPARTMENTS | {
     *("only", "cells", "areas", "tumour", "tumor", "in", "of", "%", "clone", "intensity"),
     *("done", "performed", "available", "follow", "evaluable", "expression", "pattern"),
+    *("approximately", "about", "around", "roughly", "nearly", "almost", "up", "at", "least"),
+    *("less", "more", "fewer", "greater", "than", "over", "under", "below", "above"),
+    *("spindle", "spindled", "epithelioid", "component", "foci", "population"),
 }
+GRADED_WEAK = "(+)"
+"""Weakly positive where the panel grades with "++" / "+++" (the German and Chinese scales:
+(+) weak, ++ moderate, +++ strong); plainly positive otherwise ("SMA (+), S-100 (-)")."""
+NEGATING = frozenset(["lack", "lacks", "lacked", "lacking", "devoid", "absence"])
+"""Words before markers that say they are negative ("lacked desmin", "lack of PR")."""
+CONTEXT = frozenset(
+    [
+        *("vessel", "vessels", "vascular", "endothelial", "endothelium", "control"),
+        *("background", "lymphocytes", "histiocytes", "macrophages", "entrapped"),
+    ]
+)
+"""Words naming cells other than the tumour's: "CD34 (vessels positive)" is an internal
+control, "CD34 highlighted the vessels only" a negative tumour."""
 NOT_PERFORMED = (
     *("not done", "not performed", "not available", "to follow", "pending", "not evaluable"),
     *("n/a", "na", "nd", "np", "not_performed", "failed"),
 )
 NEGATIVE_PHRASES = ("not expressed", "no staining", "no expression", "not detected", "not seen")
+NOT_THEN = (
+    *("positive", "reactive", "immunoreactive", "immunopositive", "stained", "detected"),
+    *("expressed", "labelled", "labeled", "identified", "seen", "present", "observed"),
+    *("demonstrated", "decorated"),
+)
+"""Words that "not" before them turns negative ("not labelled", "not immunoreactive")."""
+TUMOUR = frozenset(["tumour", "tumor", "neoplastic", "lesional", "tumoral"])
 LOSS = {
     "positive": ("complete loss", "loss", "lost", "deficient", "absent", "completely lost"),
     "negative": (

@@ -1,0 +1,92 @@
+"""The shapes of report sentences that reach past one marker and its result: markers joined
+by a slash ("desmin/SMA"), "neither A nor B", "A and B but not C", filler words and
+parentheticals, and the start of an unknown marker's name. ``pipeline.ihc.panel`` reads
+fragments with them."""
+
+from __future__ import annotations
+
+import re
+from itertools import pairwise
+
+from pipeline.ihc.knowledge import KnowledgeBase
+from pipeline.ihc.report import IHCError, is_result_word
+from pipeline.ihc.vocabulary import COMPARTMENTS, CONTEXT, QUALIFIERS, STOP_WORDS
+
+EXPRESSING = frozenset(["expressing", "expresses", "express", "expressed"])
+"""A verb that, before markers, says they are positive ("tumour cells expressing CD20")."""
+
+
+def split_slashes(toks: list[str], kb: KnowledgeBase) -> list[str]:
+    """ "desmin/SMA positive": two markers where each side is one and the whole is not
+    (``AE1/AE3``, ``Melan-A/MART-1``, ``CK8/18`` stay whole)."""
+    out = []
+    for tok in toks:
+        parts = tok.split("/")
+        known = [kb.resolve_marker(p) or kb.resolve_noted(p) for p in parts]
+        whole = kb.resolve_marker(tok) or kb.resolve_noted(tok)
+        if len(parts) > 1 and whole is None and all(known):
+            out += parts
+        else:
+            out.append(tok)
+    return out
+
+
+def neither_nor(toks: list[str], fragment: str) -> list[str]:
+    """ "neither desmin nor SMA was expressed" / "expressed neither desmin nor SMA": every
+    marker negative. Anything else after it ("neither ... nor ... negative") could flip, and
+    is refused."""
+    low = [t.lower() for t in toks]
+    start = low.index("neither")
+    said = [t for t in low[start + 1 :] if is_result_word(t, loss=True)]
+    verb = {t for t in low[:start] if t not in STOP_WORDS}
+    if (said in (["positive"], ["expressed"], ["immunoreactive"]) and not verb) or (
+        not said and start > 0 and verb <= EXPRESSING
+    ):
+        rest = [t for t in toks[start + 1 :] if t.lower() != "nor" and t.lower() not in said]
+        return [*rest, "negative"]
+    raise IHCError(
+        f"panel fragment {fragment!r}: 'neither ... nor' is read only as 'neither A nor B "
+        "(was) expressed / positive'; write each result, e.g. 'desmin negative, SMA negative'"
+    )
+
+
+def is_filler(word: str) -> bool:
+    """A word that says nothing about the result: a filler word, or a parenthetical
+    without a result in it ("EBV-encoded RNA (EBER)", a clone) or about other cells
+    ("(vessels positive)", an internal control)."""
+    if word.lower().strip(":") in STOP_WORDS:
+        return True
+    inner = word[1:-1].split() if word.startswith("(") and word.endswith(")") else None
+    if inner is not None and CONTEXT & {w.lower().strip(",.") for w in inner}:
+        return True
+    return inner is not None and not any(is_result_word(w, loss=True) for w in inner)
+
+
+def result_or_compartment(word: str) -> bool:
+    """A lead word that belongs to the result of the marker after it ("diffuse loss of
+    nuclear INI1 expression", "strong desmin staining")."""
+    return is_result_word(word, loss=True) or word.lower() in COMPARTMENTS
+
+
+def negate_after_not(items: list[list]) -> None:
+    """In "A and B but not (to / for) C" the "not" belongs to C, which is negative, while B
+    keeps the shared result ("immunoreactive to HMB-45 and S-100 but not to EMA")."""
+    for this, after in pairwise(items):
+        tail = [w.lower() for w in this[2][-2:]]
+        cut = 2 if tail in (["not", "to"], ["not", "for"]) else 1 if tail[-1:] == ["not"] else 0
+        if cut and not any(is_result_word(w, loss=True) for w in after[2]):
+            del this[2][-cut:]
+            after[2][:0] = ["negative"]
+
+
+def starts_unknown(word: str, previous: list[str]) -> bool:
+    """A word after a complete result that is no result, qualifier or filler word: the
+    name of a marker the knowledge base does not know."""
+    if not any(is_result_word(w, loss=True) for w in previous) or word.startswith("("):
+        return False
+    if previous[-1].lower() == "clone" or (
+        re.search(r"\d", word) and not re.search(r"[a-z]", word.lower())
+    ):
+        return False  # a clone name, or a number that belongs to the result
+    t = word.lower().strip(":,.")
+    return not (is_result_word(word, loss=True) or t in STOP_WORDS | QUALIFIERS | CONTEXT)
