@@ -154,7 +154,7 @@ def parse_panel(text: str, kb: KnowledgeBase | None = None) -> Panel:
     panel = Panel(raw=text)
     state = _State(graded=bool(re.search(r"\+\+", text)))
     for clause in split_clauses(text):  # a result never crosses a ";" or a sentence end
-        for fragment in split_fragments(clause):
+        for fragment in _join_leading_results(split_fragments(clause)):
             _read_fragment(fragment, kb, panel, state)
         for kind, key, own in state.waiting:
             if kind == "kb":
@@ -166,6 +166,20 @@ def parse_panel(text: str, kb: KnowledgeBase | None = None) -> Panel:
         state.waiting.clear()
         state.carry = None
     return panel
+
+
+def _join_leading_results(fragments: list[str]) -> list[str]:
+    """ "There was diffuse, strong expression of SSTR2A": a fragment of result words alone
+    joins the next when that one starts with a result too."""
+    out: list[str] = []
+    for fragment in fragments:
+        words = [w for w in tokens(out[-1]) if w.lower() not in STOP_WORDS] if out else []
+        first = [w for w in tokens(fragment) if w.lower() not in STOP_WORDS][:1]
+        if words and first and all(is_result_word(w) for w in [*words, *first]):
+            out[-1] = f"{out[-1]} {fragment}"
+        else:
+            out.append(fragment)
+    return out
 
 
 def _match(toks: list[str], i: int, kb: KnowledgeBase) -> tuple[str, str, int] | None:
@@ -245,7 +259,13 @@ def _read_fragment(fragment: str, kb: KnowledgeBase, panel: Panel, state: _State
         reading = read_result(lead_words, False, where, graded)  # "CD31 membranous, diffuse"
         _resolve_waiting(waiting, reading, fragment, kb, panel)
         return
-    elif lead_words and not items and state.last and all(is_result_word(w) for w in lead_words):
+    elif (
+        lead_words
+        and not items
+        and state.last
+        and all(result_or_compartment(w) for w in lead_words)
+        and any(is_result_word(w) for w in lead_words)
+    ):
         key, words, first = state.last  # "EMA negative, focally positive": one result
         panel.results.pop(key, None)
         joined = f"panel fragment {first + ', ' + fragment!r}"

@@ -59,7 +59,13 @@ STOP_WORDS = frozenset(
         *("that", "which", "had", "has", "have", "any", "immunohistochemically"),
         *("immunohistochemical", "immunostains", "immunostainings", "highlighted", "highlights"),
         *("displayed", "exhibited", "demonstrated", "revealed", "detected", "identified"),
-        *("seen", "observed", "noted", "found"),  # "EMA was not detected": the "not" decides
+        *(
+            "seen",
+            "observed",
+            "noted",
+            "found",
+            "there",
+        ),  # "EMA was not detected": the "not" decides
     ]
 )
 POSITIVE = frozenset(
@@ -83,6 +89,8 @@ POSITIVE = frozenset(
         "labelled",
         "labeled",
         "decorated",
+        "restricted",  # "kappa light chain restricted": the clone makes kappa
+        "restriction",
         "majority",
         "expressed",
         "present",
