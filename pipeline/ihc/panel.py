@@ -153,6 +153,7 @@ def parse_panel(text: str, kb: KnowledgeBase | None = None) -> Panel:
     kb = kb or load_knowledge()
     panel = Panel(raw=text)
     state = _State(graded=bool(re.search(r"\+\+", text)))
+    text = _BULLET.sub("", text)
     for clause in split_clauses(text):  # a result never crosses a ";" or a sentence end
         for fragment in _join_leading_results(split_fragments(clause)):
             _read_fragment(fragment, kb, panel, state)
@@ -166,6 +167,10 @@ def parse_panel(text: str, kb: KnowledgeBase | None = None) -> Panel:
         state.waiting.clear()
         state.carry = None
     return panel
+
+
+_BULLET = re.compile(r"^[ \t]*(?:[-–•*·]|\(?\d{1,2}[.)])[ \t]+(?=\w)", re.M)
+"""A list's bullet or number at the start of a line ("- desmin: +", "1. SMA negative")."""
 
 
 def _join_leading_results(fragments: list[str]) -> list[str]:

@@ -51,7 +51,7 @@ _PERCENT = re.compile(r"^[<>≥≤~]?(\d+(?:\.\d+)?)(?:\s*-\s*(\d+(?:\.\d+)?))?%
 _NUMBER = re.compile(r"^\d+(?:\.\d+)?$")
 _HYPHEN_RESULT = re.compile(
     r"(?<!non)(?<=[\w)])-(positive|negative|immunoreactive|immunopositive|immunonegative|"
-    r"reactive|expressing|staining|stained)\b",
+    r"reactive|expressing|staining|stained|focally|diffusely|strongly|weakly|patchy)\b",
     re.I,
 )
 """A result hyphenated to its marker: "S-100-positive cells", "CD34-negative"."""
@@ -131,6 +131,8 @@ def _clean(token: str) -> str:
 def is_result_word(token: str, loss: bool = False) -> bool:
     """True for a word or sign that says a result (with ``loss``: loss words too)."""
     t = _clean(token)
+    if t.startswith("(") and t.endswith(")") and t not in ("(+)", "(-)", "(+/-)"):
+        t = t[1:-1].strip()  # "EMA (focal)"
     if loss and any(t in words.split() for words_ in LOSS.values() for words in words_):
         return True
     return (

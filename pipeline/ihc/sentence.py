@@ -17,17 +17,24 @@ EXPRESSING = frozenset(["expressing", "expresses", "express", "expressed"])
 
 
 def split_slashes(toks: list[str], kb: KnowledgeBase) -> list[str]:
-    """ "desmin/SMA positive": two markers where each side is one and the whole is not
-    (``AE1/AE3``, ``Melan-A/MART-1``, ``CK8/18`` stay whole)."""
+    """ "desmin/SMA positive", "ER/PR:", "AE1/AE3/CAM5.2": several markers where the whole
+    is none; each name is the longest run of slash-joined parts that is one (``AE1/AE3``,
+    ``Melan-A/MART-1``, ``CK8/18`` stay whole). Left whole when a part is no marker."""
+
+    def known(name: str) -> bool:
+        name = name.rstrip(":")
+        return bool(kb.resolve_marker(name) or kb.resolve_noted(name))
+
     out = []
     for tok in toks:
-        parts = tok.split("/")
-        known = [kb.resolve_marker(p) or kb.resolve_noted(p) for p in parts]
-        whole = kb.resolve_marker(tok) or kb.resolve_noted(tok)
-        if len(parts) > 1 and whole is None and all(known):
-            out += parts
-        else:
-            out.append(tok)
+        parts, names = tok.split("/"), []
+        while parts and not known(tok):
+            n = next((n for n in range(len(parts), 0, -1) if known("/".join(parts[:n]))), 0)
+            if not n:
+                break
+            names.append("/".join(parts[:n]))
+            parts = parts[n:]
+        out += names if names and not parts else [tok]
     return out
 
 

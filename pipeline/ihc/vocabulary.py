@@ -66,6 +66,7 @@ STOP_WORDS = frozenset(
             "found",
             "there",
         ),  # "EMA was not detected": the "not" decides
+        *("markers", "marker", "antibodies", "profile", "panel"),  # "Positive markers: A, B"
     ]
 )
 POSITIVE = frozenset(
