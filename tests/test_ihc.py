@@ -332,3 +332,20 @@ def test_plus_in_brackets_is_weak_only_on_a_graded_scale():
 def test_a_waiting_marker_records_both_fragments():
     panel = parse_panel("desmin, SMA and caldesmon positive")
     assert panel.results["desmin"].raw == "desmin … caldesmon positive"
+
+
+@pytest.mark.parametrize(
+    ("cell", "state"),
+    [("positive but weak", "focal"), ("positive, focal", "focal"), ("(+)", "positive")],
+)
+def test_a_table_cell_is_read_whole(cell, state):
+    from pipeline.ihc.tables import interpret
+
+    assert interpret("PR", cell, load_knowledge(), "row 2").state == state
+
+
+def test_a_table_cell_that_reads_both_ways_is_an_error():
+    from pipeline.ihc.tables import interpret
+
+    with pytest.raises(IHCError, match="row 2"):
+        interpret("PR", "negative, focally positive", load_knowledge(), "row 2")

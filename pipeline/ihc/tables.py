@@ -48,7 +48,8 @@ def interpret(
     reading = Reading("")
     if raw:
         try:
-            reading = read_result(tokens(split_fragments(raw)[0]), loss, where)
+            words = [w for fragment in split_fragments(raw) for w in tokens(fragment)]
+            reading = read_result(words, loss, where)  # the whole cell: "positive, but weak"
         except IHCError:
             choices = "lost/retained" if loss else "positive/negative/focal/equivocal/not done"
             raise IHCError(
