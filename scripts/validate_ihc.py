@@ -27,8 +27,9 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--csv", type=Path, default=ROOT / "docs" / "ihc_literature_cases.csv")
     p.add_argument("--prior", default=None)
+    p.add_argument("--knowledge", type=Path, default=None, help="knowledge base YAML to try")
     args = p.parse_args()
-    kb, config = load_knowledge(), CallConfig.load()
+    kb, config = load_knowledge(args.knowledge), CallConfig.load()
     prior = args.prior or kb.default_prior
     with open(args.csv, newline="") as fh:
         cases = list(csv.DictReader(fh))
