@@ -296,7 +296,9 @@ def _sentences() -> list[dict]:
     import csv
     from pathlib import Path
 
-    with open(Path(__file__).parent / "data" / "ihc_sentences.csv", newline="") as fh:
+    with open(
+        Path(__file__).parent / "data" / "ihc_sentences.csv", newline="", encoding="utf-8"
+    ) as fh:
         return list(csv.DictReader(fh))
 
 

@@ -9,6 +9,7 @@ entities anywhere, entities missing a likelihood, and image classes no entity ma
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -25,8 +26,9 @@ DEFAULT_PATH = builtin_config("ihc/knowledge.yaml")
 def normalise_name(name: str) -> str:
     """Case-, space- and punctuation-insensitive key for marker names and aliases
     ("cluster of differentiation 34" is CD34)."""
-    name = re.sub(r"cluster\s+of\s+differentiation\s*", "cd", name.strip().lower())
-    return re.sub(r"[\s\-_./()]+", "", name)
+    name = unicodedata.normalize("NFKC", name).strip().lower()
+    name = re.sub(r"cluster\s+of\s+differentiation\s*", "cd", name)
+    return re.sub(r"[\s\-_./()\u2010-\u2015\u2212]+", "", name)
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from pipeline.ihc.report import (
     IHCError,
     Reading,
     is_result_word,
+    normalise_text,
     read_result,
     split_clauses,
     split_fragments,
@@ -153,7 +154,7 @@ def parse_panel(text: str, kb: KnowledgeBase | None = None) -> Panel:
     kb = kb or load_knowledge()
     panel = Panel(raw=text)
     state = _State(graded=bool(re.search(r"\+\+", text)))
-    text = _BULLET.sub("", text)
+    text = _BULLET.sub("", normalise_text(text))
     for clause in split_clauses(text):  # a result never crosses a ";" or a sentence end
         for fragment in _join_leading_results(split_fragments(clause)):
             _read_fragment(fragment, kb, panel, state)

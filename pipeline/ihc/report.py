@@ -24,6 +24,7 @@ focally positive``), is an error naming the fragment; markers the knowledge base
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass, field
 
 from pipeline.core.errors import UsageError
@@ -76,6 +77,16 @@ class Reading:
     qualifiers: list[str] = field(default_factory=list)
     loss_words: bool = False
     """The phrase spoke of loss / retention (already in the loss marker's terms)."""
+
+
+def normalise_text(text: str) -> str:
+    """Unicode as reports carry it, in the forms the reader knows: compatibility forms
+    (fullwidth "＋", "％") folded; hyphens and a dash inside a name ("S‑100", "Ki–67") are
+    "-"; a figure dash or minus sign is the minus "−"."""
+    text = unicodedata.normalize("NFKC", text)
+    text = re.sub(r"[\u2010\u2011]", "-", text)
+    text = re.sub(r"(?<=\w)[\u2012\u2013](?=\w)", "-", text)
+    return re.sub(r"[\u2012\ufe63\uff0d]", "−", text)
 
 
 def split_clauses(text: str) -> list[str]:

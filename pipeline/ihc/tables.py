@@ -12,7 +12,7 @@ from pathlib import Path
 
 from pipeline.ihc.knowledge import KnowledgeBase, load_knowledge
 from pipeline.ihc.panel import IHCError, MarkerResult, Panel, from_reading, resolve_name
-from pipeline.ihc.report import Reading, read_result, split_fragments, tokens
+from pipeline.ihc.report import Reading, normalise_text, read_result, split_fragments, tokens
 
 
 def interpret(
@@ -25,7 +25,7 @@ def interpret(
 ) -> MarkerResult:
     """Normalise one table cell's result (raises ``IHCError`` with ``where`` when it cannot
     be read); the same report language as panels, plus percent / H-score columns."""
-    raw = (value or "").strip()
+    raw = normalise_text(value or "").strip()
     loss = kb.markers[marker].loss_marker
 
     def number(text: str, name: str, hi: float) -> float | None:
