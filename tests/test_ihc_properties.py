@@ -64,3 +64,50 @@ def _spelling(marker: str, rng) -> str:
     names = [KB.markers[marker].display, *KB.markers[marker].aliases]
     names = [n for n in names if not n.rstrip().endswith(("loss", ")"))]
     return rng.choice(names)
+
+
+WORDS = {
+    "positive": ("positive", "strongly positive", "diffusely positive", "immunoreactive"),
+    "negative": ("negative", "immunonegative", "not immunoreactive"),
+    "focal": ("focally positive", "weakly positive", "patchy", "focal"),
+}
+SIGNS = {"positive": ("+", "(+)", "pos"), "negative": ("-", "(-)", "neg"), "focal": ("focal",)}
+STAINED = [m for m in MARKERS if not KB.markers[m].loss_marker]
+
+
+def _result(state: str, rng, signs: bool = True) -> str:
+    return rng.choice([*WORDS[state], *(SIGNS[state] if signs else ())])
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.sampled_from(STAINED), min_size=2, max_size=2, unique=True),
+    st.lists(st.sampled_from(STATES), min_size=2, max_size=2),
+    st.integers(0, 6),
+    st.randoms(use_true_random=False),
+)
+def test_report_sentence_shapes_read_as_meant(markers, states, shape, rng):
+    """Two markers in the sentence shapes case reports use, any spelling, any result
+    wording: every marker gets the result the sentence gives it."""
+    (a, b), (sa, sb) = markers, states
+    na, nb = _spelling(a, rng), _spelling(b, rng)
+    text, expected = {
+        0: (f"{na} {_result(sa, rng)}; {nb}: {_result(sb, rng)}", (sa, sb)),
+        1: (f"{na} and {nb} {_result(sa, rng, signs=False)}", (sa, sa)),
+        2: (
+            f"{_result(sa, rng, False)} for {na}, but {_result(sb, rng, False)} for {nb}",
+            (sa, sb),
+        ),
+        3: (
+            f"{na} was {_result(sa, rng, False)}, whereas {nb} was {_result(sb, rng, False)}",
+            (sa, sb),
+        ),
+        4: (f"{_result(sa, rng, False)} for {na} and {nb}", (sa, sa)),
+        5: (f"{na} ({_result(sa, rng)}), {nb} ({_result(sb, rng)})", (sa, sb)),
+        6: (f"- {na}: {_result(sa, rng)}\n- {nb}: {_result(sb, rng)}", (sa, sb)),
+    }[shape]
+    panel = parse_panel(text, KB)
+    assert {m: r.state for m, r in panel.results.items()} == dict(
+        zip((a, b), expected, strict=True)
+    ), text
+    assert not panel.unknown, text

@@ -143,7 +143,7 @@ def is_result_word(token: str, loss: bool = False) -> bool:
     """True for a word or sign that says a result (with ``loss``: loss words too)."""
     t = _clean(token)
     if t.startswith("(") and t.endswith(")") and t not in ("(+)", "(-)", "(+/-)"):
-        t = t[1:-1].strip()  # "EMA (focal)"
+        return any(is_result_word(w, loss) for w in t[1:-1].split())  # "EMA (focal)"
     if loss and any(t in words.split() for words_ in LOSS.values() for words in words_):
         return True
     return (
