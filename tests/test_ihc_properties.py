@@ -111,3 +111,28 @@ def test_report_sentence_shapes_read_as_meant(markers, states, shape, rng):
         zip((a, b), expected, strict=True)
     ), text
     assert not panel.unknown, text
+
+
+LOSS_MARKERS = [m for m in MARKERS if KB.markers[m].loss_marker]
+LOSS_PHRASES = {
+    "positive": ("{m} lost", "loss of {m}", "{m} expression was lost", "{m}: complete loss"),
+    "negative": ("{m} retained", "retained {m}", "{m} expression was retained", "{m}: intact"),
+    "focal": ("{m} partial loss", "mosaic loss of {m}", "{m}: mosaic", "{m} reduced"),
+}
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.sampled_from(LOSS_MARKERS),
+    st.sampled_from(STATES),
+    st.sampled_from(STAINED),
+    st.sampled_from(STATES),
+    st.randoms(use_true_random=False),
+)
+def test_loss_marker_sentences_read_as_meant(loss, loss_state, other, state, rng):
+    """Loss and retention as reports write them, beside a stained marker: "lost" is the
+    loss marker's positive, "retained" its negative, never turned round."""
+    phrase = rng.choice(LOSS_PHRASES[loss_state]).format(m=_spelling(loss, rng))
+    text = f"{_spelling(other, rng)} {_result(state, rng)}; {phrase}"
+    panel = parse_panel(text, KB)
+    assert {m: r.state for m, r in panel.results.items()} == {other: state, loss: loss_state}, text
