@@ -58,6 +58,7 @@ def _run_ihc(args: argparse.Namespace) -> int:
     import json
 
     from pipeline.ihc.differential import format_summary
+    from pipeline.ihc.panel import panel_text
     from pipeline.prediction.call import ihc_summary, parse_image_probs
 
     if args.explain:
@@ -66,6 +67,7 @@ def _run_ihc(args: argparse.Namespace) -> int:
         print(explain(load_knowledge(args.knowledge), args.explain))
         return EXIT_OK
     args.image_probs = parse_image_probs(args.image_probs) if args.image_probs else None
+    args.panel = panel_text(args.panel) if args.panel else None
     summary = ihc_summary(**fields_of(args, ihc_summary))
     print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
     return EXIT_OK
@@ -189,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = verb("ihc", _run_ihc, "ranked differential from an IHC panel (and image probabilities)")
     source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--panel", help='e.g. "desmin+ h-caldesmon+ SMA- STAT6 focal"')
+    source.add_argument("--panel", help='"desmin+ h-caldesmon+ SMA-", or @report.txt')
     source.add_argument("--ihc", type=Path, help="IHC CSV (long or wide); with --slide")
     source.add_argument("--explain", help="show a marker's or entity's numbers and sources")
     p.add_argument("--slide", help="slide_id whose panel to read from --ihc")

@@ -152,6 +152,19 @@ def test_ihc_cli_table_and_json(capsys):
     assert main(["ihc", "--panel", "desmin+", "--prior", "nope"]) == 2
 
 
+def test_ihc_cli_reads_a_report_file(tmp_path, capsys):
+    report = tmp_path / "report.txt"
+    report.write_text("IMMUNOHISTOCHEMISTRY\n1. Desmin: positive\n2. S\u2011100: negative\n")
+    assert main(["ihc", "--panel", f"@{report}", "--json"]) == 0
+    import json
+
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["panel"] == {"desmin": "positive", "S100": "negative"}
+    assert doc["markers_used"] == "2 of 2 markers used"
+    assert main(["ihc", "--panel", f"@{tmp_path / 'missing.txt'}"]) == 2
+    assert "missing.txt" in capsys.readouterr().err
+
+
 def test_result_objects_work_without_parsing():
     panel = Panel(results={"desmin": MarkerResult("desmin", "positive")})
     assert fuse(panel).ranked()[0][0] in {

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from pipeline.ihc.knowledge import KnowledgeBase, load_knowledge
 from pipeline.ihc.report import (
@@ -145,6 +146,21 @@ def resolve_name(name: str, kb: KnowledgeBase, panel: Panel, where: str) -> str 
             f"(not in {kb.path.name}; add it or an alias there)"
         )
     return key
+
+
+def panel_text(value: str) -> str:
+    """A panel as given on the command line: the text itself, or ``@path`` for a report file
+    (UTF-8; the report's IHC section as written)."""
+    if not value.startswith("@"):
+        return value
+    path = Path(value[1:])
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise IHCError(
+            f"{path}: cannot read the panel file ({exc.__class__.__name__}); give a UTF-8 text "
+            "file with the report's IHC results, or the results themselves"
+        ) from None
 
 
 def parse_panel(text: str, kb: KnowledgeBase | None = None) -> Panel:
