@@ -106,6 +106,13 @@ class KnowledgeBase:
         self._marker_pos = {m: i for i, m in enumerate(self.markers)}
 
     @property
+    def entity_words(self) -> frozenset[str]:
+        """Words of the entities' names ("synovial", "sarcoma"): a diagnosis written after a
+        result ("GFAP-negative synovial sarcoma"), never the name of an unknown marker."""
+        words = re.findall(r"[a-z][a-z0-9-]{2,}", " ".join(self.entity_names.values()).lower())
+        return frozenset(words) - set(self._alias_index) - set(self._noted_index)
+
+    @property
     def marker_keys(self) -> list[str]:
         return list(self.markers)
 

@@ -28,13 +28,17 @@ from pipeline.ihc.report import (
     tokens,
 )
 from pipeline.ihc.sentence import (
+    BULLET,
     EXPRESSING,
     is_filler,
+    join_leading_results,
     negate_after_not,
     neither_nor,
     result_or_compartment,
+    split_conclusion,
     split_slashes,
     starts_unknown,
+    suspended_hyphens,
 )
 from pipeline.ihc.vocabulary import (
     CONTEXT,
@@ -170,9 +174,15 @@ def parse_panel(text: str, kb: KnowledgeBase | None = None) -> Panel:
     kb = kb or load_knowledge()
     panel = Panel(raw=text)
     state = _State(graded=bool(re.search(r"\+\+", text)))
-    text = _BULLET.sub("", normalise_text(text))
+    text = BULLET.sub("", normalise_text(text))
     for clause in split_clauses(text):  # a result never crosses a ";" or a sentence end
-        for fragment in _join_leading_results(split_fragments(clause)):
+        clause, conclusion = split_conclusion(clause, kb)
+        if conclusion:
+            panel.warnings.append(
+                f"not read as a result: the report's conclusion {conclusion!r} (the "
+                "differential uses the stains alone)"
+            )
+        for fragment in join_leading_results(split_fragments(suspended_hyphens(clause))):
             _read_fragment(fragment, kb, panel, state)
         for kind, key, own in state.waiting:
             if kind == "kb":
@@ -184,24 +194,6 @@ def parse_panel(text: str, kb: KnowledgeBase | None = None) -> Panel:
         state.waiting.clear()
         state.carry = None
     return panel
-
-
-_BULLET = re.compile(r"^[ \t]*(?:[-–•*·]|\(?\d{1,2}[.)])[ \t]+(?=\w)", re.M)
-"""A list's bullet or number at the start of a line ("- desmin: +", "1. SMA negative")."""
-
-
-def _join_leading_results(fragments: list[str]) -> list[str]:
-    """ "There was diffuse, strong expression of SSTR2A": a fragment of result words alone
-    joins the next when that one starts with a result too."""
-    out: list[str] = []
-    for fragment in fragments:
-        words = [w for w in tokens(out[-1]) if w.lower() not in STOP_WORDS] if out else []
-        first = [w for w in tokens(fragment) if w.lower() not in STOP_WORDS][:1]
-        if words and first and all(is_result_word(w) for w in [*words, *first]):
-            out[-1] = f"{out[-1]} {fragment}"
-        else:
-            out.append(fragment)
-    return out
 
 
 def _match(toks: list[str], i: int, kb: KnowledgeBase) -> tuple[str, str, int] | None:
@@ -249,7 +241,11 @@ def _read_fragment(fragment: str, kb: KnowledgeBase, panel: Panel, state: _State
             i += found[2]
             continue
         word = toks[i]
-        if items and starts_unknown(word, items[-1][2]):  # "desmin+ FOO7 positive"
+        if (
+            items
+            and starts_unknown(word, items[-1][2])  # "desmin+ FOO7 positive"
+            and word.lower().strip(",.") not in kb.entity_words
+        ):
             items.append(["unknown", word, []])
         else:
             (items[-1][2] if items else lead).append(word)

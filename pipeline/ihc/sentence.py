@@ -1,7 +1,8 @@
-"""The shapes of report sentences that reach past one marker and its result: markers joined
-by a slash ("desmin/SMA"), "neither A nor B", "A and B but not C", filler words and
-parentheticals, and the start of an unknown marker's name. ``pipeline.ihc.panel`` reads
-fragments with them."""
+"""The shapes of report sentences that reach past one marker and its result: list bullets,
+the report's conclusion ("consistent with ..."), suspended hyphens ("desmin-, SMA- and
+h-caldesmon-positive"), markers joined by a slash ("desmin/SMA"), "neither A nor B", "A and
+B but not C", filler words and parentheticals, and the start of an unknown marker's name.
+``pipeline.ihc.panel`` reads fragments with them."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import re
 from itertools import pairwise
 
 from pipeline.ihc.knowledge import KnowledgeBase
-from pipeline.ihc.report import IHCError, is_result_word
+from pipeline.ihc.report import IHCError, is_result_word, tokens
 from pipeline.ihc.vocabulary import COMPARTMENTS, CONTEXT, QUALIFIERS, STOP_WORDS
 
 EXPRESSING = frozenset(["expressing", "expresses", "express", "expressed"])
@@ -97,3 +98,66 @@ def starts_unknown(word: str, previous: list[str]) -> bool:
         return False  # a clone name, or a number that belongs to the result
     t = word.lower().strip(":,.")
     return not (is_result_word(word, loss=True) or t in STOP_WORDS | QUALIFIERS | CONTEXT)
+
+
+_SUSPENDED_END = re.compile(
+    r"(?:,\s*|\s+)(?:and|or)\s+[^\s,;]+-(?:positive|negative|immunoreactive|immunopositive|"
+    r"immunonegative|reactive|expressing|stained)\b",
+    re.I,
+)
+
+
+def suspended_hyphens(clause: str) -> str:
+    """ "desmin-, SMA- and h-caldesmon-positive": the hyphens before the last marker stand
+    for its "-positive" (suspended hyphenation), so they are dropped and the markers wait
+    for that result; read as signs they would flip it. A hyphen after a space or "+/-" is a
+    sign and stays."""
+    out, start = [], 0
+    for end in _SUSPENDED_END.finditer(clause):
+        items = clause[start : end.start()].split(",")
+        for k in range(len(items) - 1, -1, -1):
+            if not re.search(r"[\w)]-\s*$", items[k]) or re.search(r"\+/-\s*$", items[k]):
+                break
+            items[k] = re.sub(r"-(\s*)$", r"\1", items[k])
+        out.append(",".join(items))
+        start = end.start()
+    return "".join([*out, clause[start:]])
+
+
+BULLET = re.compile(r"^[ \t]*(?:[-–•*·]|\(?\d{1,2}[.)])[ \t]+(?=\w)", re.M)
+"""A list's bullet or number at the start of a line ("- desmin: +", "1. SMA negative")."""
+
+
+_CONCLUSION = re.compile(
+    r"\b(?:consistent with|compatible with|in keeping with|suggestive of|diagnostic of|"
+    r"indicative of|confirming|supporting|favou?ring)\b.*$",
+    re.I | re.S,
+)
+
+
+def split_conclusion(clause: str, kb: KnowledgeBase) -> tuple[str, str | None]:
+    """ "..., consistent with synovial sarcoma": (the clause without the report's conclusion,
+    the conclusion), which is no result. Kept whole when a marker follows the conclusion's
+    words ("..., confirming SMA positivity"): that is read, never dropped."""
+    found = _CONCLUSION.search(clause)
+    if found is None:
+        return clause, None
+    words = tokens(found.group(0))
+    names = (" ".join(words[i : i + n]) for i in range(len(words)) for n in range(1, 5))
+    if any(kb.resolve_marker(name) or kb.resolve_noted(name) for name in names):
+        return clause, None
+    return clause[: found.start()], found.group(0).strip()
+
+
+def join_leading_results(fragments: list[str]) -> list[str]:
+    """ "There was diffuse, strong expression of SSTR2A": a fragment of result words alone
+    joins the next when that one starts with a result too."""
+    out: list[str] = []
+    for fragment in fragments:
+        words = [w for w in tokens(out[-1]) if w.lower() not in STOP_WORDS] if out else []
+        first = [w for w in tokens(fragment) if w.lower() not in STOP_WORDS][:1]
+        if words and first and all(is_result_word(w) for w in [*words, *first]):
+            out[-1] = f"{out[-1]} {fragment}"
+        else:
+            out.append(fragment)
+    return out

@@ -67,6 +67,8 @@ STOP_WORDS = frozenset(
             "there",
         ),  # "EMA was not detected": the "not" decides
         *("markers", "marker", "antibodies", "profile", "panel"),  # "Positive markers: A, B"
+        *("pathological", "pathologic", "histopathological", "histopathologic", "histological"),
+        *("histologic", "evaluation", "examination", "analysis", "study", "studies", "findings"),
     ]
 )
 POSITIVE = frozenset(
