@@ -319,6 +319,7 @@ def test_case_report_sentences_read_whole(row):
         "CD34 positive in vessels",  # about other cells: the tumour's result is not written
         "SMA not diffusely positive",  # a "not" that is no negative
         "desmin, strong SMA staining",  # desmin never borrows SMA's result before SMA
+        "in situ hybridization for kappa and lambda showed kappa restriction",  # not lambda's
     ],
 )
 def test_results_about_other_cells_or_a_stray_not_are_refused(text):

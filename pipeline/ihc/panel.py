@@ -32,8 +32,10 @@ from pipeline.ihc.sentence import (
     EXPRESSING,
     is_filler,
     join_leading_results,
+    match_marker,
     negate_after_not,
     neither_nor,
+    nested_result,
     result_or_compartment,
     split_conclusion,
     split_slashes,
@@ -196,21 +198,6 @@ def parse_panel(text: str, kb: KnowledgeBase | None = None) -> Panel:
     return panel
 
 
-def _match(toks: list[str], i: int, kb: KnowledgeBase) -> tuple[str, str, int] | None:
-    """The longest marker name starting at token ``i``: (kb | noted, key, tokens used)."""
-    if is_result_word(toks[i], loss=True) or not re.sub(r"\W", "", toks[i]):
-        return None  # a marker name never starts with a sign or a result word
-    for n in range(min(6, len(toks) - i), 0, -1):
-        name = " ".join(toks[i : i + n]).rstrip(":")
-        if any(is_result_word(t, loss=True) for t in toks[i + 1 : i + n]):
-            continue  # "SMA -", "H3K27me3 loss": the later words are the result
-        if (key := kb.resolve_marker(name)) is not None:
-            return "kb", key, n
-        if (noted := kb.resolve_noted(name)) is not None:
-            return "noted", noted, n
-    return None
-
-
 @dataclass
 class _State:
     """What one fragment leaves to the next."""
@@ -233,15 +220,18 @@ def _read_fragment(fragment: str, kb: KnowledgeBase, panel: Panel, state: _State
     items: list[list] = []  # [kind, key, words]
     lead: list[str] = []
     i = 0
+    nested: list[str] = []
     while i < len(toks):
-        found = _match(toks, i, kb)
+        found = match_marker(toks, i, kb)
         if found is not None and not (items and is_result_word(toks[i]) and found[2] == 1):
             if not (items and items[-1][:2] == list(found[:2]) and not items[-1][2]):
                 items.append([found[0], found[1], []])  # "Ki-67 proliferation index": one
             i += found[2]
             continue
         word = toks[i]
-        if (
+        if nested_result(word, kb):  # "plasma cells (CD138+)": a result of its own
+            nested.append(word[1:-1])
+        elif (
             items
             and starts_unknown(word, items[-1][2])  # "desmin+ FOO7 positive"
             and word.lower().strip(",.") not in kb.entity_words
@@ -250,6 +240,12 @@ def _read_fragment(fragment: str, kb: KnowledgeBase, panel: Panel, state: _State
         else:
             (items[-1][2] if items else lead).append(word)
         i += 1
+    for inner in nested:
+        inner_state = _State(graded=state.graded)
+        for piece in split_fragments(inner):
+            _read_fragment(piece, kb, panel, inner_state)
+        if any(kind == "kb" for kind, _, _ in inner_state.waiting):
+            raise IHCError(f"panel fragment {fragment!r}: no result in ({inner})")
     where = f"panel fragment {fragment!r}"
     lead_words = [w for w in lead if w.lower().strip(":") not in STOP_WORDS]
     graded, prefix = state.graded, False
@@ -295,6 +291,11 @@ def _read_fragment(fragment: str, kb: KnowledgeBase, panel: Panel, state: _State
             raise IHCError(f"{where}: result {' '.join(lead_words)!r} has no marker before it")
         items[0][2][:0] = lead_words  # "rare GFAP positive areas", "strong desmin staining"
         prefix = True  # ... is that marker's own, never one waiting before it ("not by CD34")
+    elif lead_words and not items and nested:
+        return  # "spindle cells (SMA+, desmin-)": the words outside describe the cells
+    elif lead_words and not items and CONTEXT & {w.lower() for w in lead_words}:
+        panel.warnings.append(f"{where}: about other cells (an internal control), not read")
+        return
     elif lead_words and not items:
         panel.unknown.append(fragment)
         panel.warnings.append(f"{where}: could not read it (no known marker); it was not used")
@@ -338,7 +339,9 @@ def _read_fragment(fragment: str, kb: KnowledgeBase, panel: Panel, state: _State
                 panel.noted.append(f"{key} ({where}): result not read")
                 continue
             raise
-        if not (prefix and n == 0):
+        if any(w_key == key for _, w_key, _ in waiting):  # "for kappa and lambda showed
+            waiting[:] = [w for w in waiting if w[1] != key]  # kappa restriction": kappa's
+        elif not (prefix and n == 0):  # own result, never lambda's
             _resolve_waiting(waiting, reading, fragment, kb, panel)  # "desmin and SMA +"
         _add(kind, key, reading, fragment, kb, panel)
         state.carry = carry = None

@@ -52,7 +52,7 @@ _PERCENT = re.compile(r"^[<>≥≤~]?(\d+(?:\.\d+)?)(?:\s*-\s*(\d+(?:\.\d+)?))?%
 _NUMBER = re.compile(r"^\d+(?:\.\d+)?$")
 _HYPHEN_RESULT = re.compile(
     r"(?<!non)(?<=[\w)])-(positive|negative|immunoreactive|immunopositive|immunonegative|"
-    r"reactive|expressing|staining|stained|focally|diffusely|strongly|weakly|patchy)\b",
+    r"reactive|expressing|staining|stained|focally|diffusely|strongly|weakly|patchy|restricted)\b",
     re.I,
 )
 """A result hyphenated to its marker: "S-100-positive cells", "CD34-negative"."""
@@ -82,11 +82,13 @@ class Reading:
 def normalise_text(text: str) -> str:
     """Unicode as reports carry it, in the forms the reader knows: compatibility forms
     (fullwidth "＋", "％") folded; hyphens and a dash inside a name ("S‑100", "Ki–67") are
-    "-"; a figure dash or minus sign is the minus "−"."""
+    "-"; a figure dash or minus sign is the minus "−"; a slash after a sign separates two
+    results ("CK7+/CK20-")."""
     text = unicodedata.normalize("NFKC", text)
     text = re.sub(r"[\u2010\u2011]", "-", text)
     text = re.sub(r"(?<=\w)[\u2012\u2013](?=\w)", "-", text)
-    return re.sub(r"[\u2012\ufe63\uff0d]", "−", text)
+    text = re.sub(r"[\u2012\ufe63\uff0d]", "−", text)
+    return re.sub(r"([+\-−–]|\([+\-−–]\))\s*/\s*(?=[A-Za-z])", r"\1, ", text)  # "CK7+/CK20-"
 
 
 def split_clauses(text: str) -> list[str]:
@@ -162,12 +164,17 @@ def read_result(words: list[str], loss_marker: bool, where: str, graded: bool = 
     ``graded`` (the panel grades with "++" / "+++"), "(+)" is weak."""
     phrase = " ".join(_clean(w) for w in words)
     phrase = re.sub(r"\s+", " ", phrase).strip(" :")
-    if re.fullmatch(r"[-–−]\s+.+", phrase):  # "STAT6 - nuclear +": the dash is punctuation
-        phrase = phrase[1:].strip()
+    dash = re.fullmatch(r"[-–−]\s+(.+)", phrase)
+    if dash and any(is_result_word(w) for w in dash.group(1).split()):
+        phrase = dash.group(1)  # "STAT6 - nuclear +": the dash is punctuation
     for np_phrase in NOT_PERFORMED:
         if phrase == np_phrase or phrase.startswith(np_phrase + " "):
             return Reading("not_performed", qualifiers=[phrase])
     reading = Reading("")
+    for aside in re.findall(r"\([^()]*\)", phrase):  # "(vessels positive)": a control
+        if CONTEXT & set(re.findall(r"[a-z]+", aside)):
+            reading.qualifiers.append(aside)
+            phrase = phrase.replace(aside, " ")
     found: set[str] = set()
     rest = re.sub(rf"\bnot (?:{'|'.join(NOT_THEN)})\b", "negative", phrase)
     if rest == "not" and not loss_marker:  # "desmin positive, not SMA"
@@ -188,10 +195,6 @@ def read_result(words: list[str], loss_marker: bool, where: str, graded: bool = 
         if neg in rest:
             found.add("negative")
             rest = rest.replace(neg, " ")
-    for aside in re.findall(r"\([^()]*\)", rest):  # "(vessels positive)": a control
-        if CONTEXT & set(re.findall(r"[a-z]+", aside)):
-            reading.qualifiers.append(aside)
-            rest = rest.replace(aside, " ")
     if CONTEXT & set(rest.split()) and not TUMOUR & set(rest.split()):
         said = [w for w in rest.split() if w in POSITIVE or w in FOCAL]
         if said and "only" not in rest.split():  # "CD34 positive in vessels"

@@ -161,3 +161,28 @@ def join_leading_results(fragments: list[str]) -> list[str]:
         else:
             out.append(fragment)
     return out
+
+
+def match_marker(toks: list[str], i: int, kb: KnowledgeBase) -> tuple[str, str, int] | None:
+    """The longest marker name starting at token ``i``: (kb | noted, key, tokens used)."""
+    if is_result_word(toks[i], loss=True) or not re.sub(r"\W", "", toks[i]):
+        return None  # a marker name never starts with a sign or a result word
+    for n in range(min(6, len(toks) - i), 0, -1):
+        name = " ".join(toks[i : i + n]).rstrip(":")
+        if any(is_result_word(t, loss=True) for t in toks[i + 1 : i + n]):
+            continue  # "SMA -", "H3K27me3 loss": the later words are the result
+        if (key := kb.resolve_marker(name)) is not None:
+            return "kb", key, n
+        if (noted := kb.resolve_noted(name)) is not None:
+            return "noted", noted, n
+    return None
+
+
+def nested_result(word: str, kb: KnowledgeBase) -> bool:
+    """A parenthetical that holds a marker and a result of its own: "(CD138+)"."""
+    if not (word.startswith("(") and word.endswith(")")):
+        return False
+    toks = tokens(word[1:-1])
+    return any(is_result_word(t) for t in toks) and any(
+        match_marker(toks, j, kb) for j in range(len(toks))
+    )

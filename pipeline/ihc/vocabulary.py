@@ -207,7 +207,8 @@ QUALIFIERS = COMPARTMENTS | {
     *("done", "performed", "available", "follow", "evaluable", "expression", "pattern"),
     *("approximately", "about", "around", "roughly", "nearly", "almost", "up", "at", "least"),
     *("less", "more", "fewer", "greater", "than", "over", "under", "below", "above"),
-    *("spindle", "spindled", "epithelioid", "component", "foci", "population"),
+    *("spindle", "spindled", "epithelioid", "component", "foci", "population", "plasma"),
+    *("epithelial", "glial", "stromal", "mesenchymal", "sarcomatous", "giant", "lymphoid"),
 }
 GRADED_WEAK = "(+)"
 """Weakly positive where the panel grades with "++" / "+++" (the German and Chinese scales:
