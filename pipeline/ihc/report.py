@@ -270,6 +270,10 @@ def _numbers(rest: str, reading: Reading, where: str) -> str:
     if m:
         reading.allred = number(m.group(1), 8, "Allred score")
         rest = rest[: m.start()] + " " + rest[m.end() :]
+    m = re.search(r"\(?\b(\d+)\s*/\s*(\d+)\b\)?", rest)  # "(10/10)": a share of cells or fields
+    if m and int(m.group(2)) > 0 and int(m.group(1)) <= int(m.group(2)):
+        reading.percent = 100 * int(m.group(1)) / int(m.group(2))
+        rest = rest[: m.start()] + " " + rest[m.end() :]
     m = re.search(r"[<>≥≤~]?\(?(\d+(?:\.\d+)?)(?:\s*-\s*(\d+(?:\.\d+)?))?\s*%\)?", rest)
     if m:
         low = number(m.group(1), 100, "percentage")
