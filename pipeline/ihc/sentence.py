@@ -137,16 +137,18 @@ _CONCLUSION = re.compile(
 
 def split_conclusion(clause: str, kb: KnowledgeBase) -> tuple[str, str | None]:
     """ "..., consistent with synovial sarcoma": (the clause without the report's conclusion,
-    the conclusion), which is no result. Kept whole when a marker follows the conclusion's
-    words ("..., confirming SMA positivity"): that is read, never dropped."""
+    the conclusion), which is no result. The conclusion runs to the clause's end, or to the
+    next comma when a marker follows ("SMA positive supporting smooth muscle differentiation,
+    and desmin positive"); a conclusion that names a marker is kept and read."""
     found = _CONCLUSION.search(clause)
     if found is None:
         return clause, None
-    words = tokens(found.group(0))
-    names = (" ".join(words[i : i + n]) for i in range(len(words)) for n in range(1, 5))
-    if any(kb.resolve_marker(name) or kb.resolve_noted(name) for name in names):
-        return clause, None
-    return clause[: found.start()], found.group(0).strip()
+    for tail in (found.group(0), found.group(0).split(",")[0]):
+        words = tokens(tail)
+        names = (" ".join(words[i : i + n]) for i in range(len(words)) for n in range(1, 5))
+        if not any(kb.resolve_marker(name) or kb.resolve_noted(name) for name in names):
+            return clause[: found.start()] + clause[found.start() + len(tail) :], tail.strip()
+    return clause, None
 
 
 def join_leading_results(fragments: list[str]) -> list[str]:
