@@ -62,7 +62,8 @@ def _run_ihc(args: argparse.Namespace) -> int:
     from pipeline.prediction.call import ihc_summary, parse_image_probs
 
     if args.explain:
-        from pipeline.ihc.knowledge import explain, load_knowledge
+        from pipeline.ihc.explain import explain
+        from pipeline.ihc.knowledge import load_knowledge
 
         print(explain(load_knowledge(args.knowledge), args.explain))
         return EXIT_OK

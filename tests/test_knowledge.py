@@ -8,7 +8,7 @@ from pipeline.ihc.knowledge import DEFAULT_PATH, load_knowledge
 
 def test_shipped_knowledge_base_is_complete_and_sourced():
     kb = load_knowledge()
-    assert len(kb.entities) == 21 and len(kb.markers) == 49
+    assert len(kb.entities) == 21 and len(kb.markers) == 51
     added = (
         "BCL2",
         "CD99",

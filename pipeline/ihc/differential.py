@@ -222,7 +222,7 @@ def _entropy(p: np.ndarray) -> float:
 
 
 def next_stains(diff: Differential, top: int = 5) -> list[Suggestion]:
-    """Markers not yet performed, ranked by expected reduction of posterior entropy.
+    """Stains not yet performed, ranked by expected reduction of posterior entropy.
 
     Each hypothetical result goes through ``fuse`` with the rest of the panel, so a marker
     of an already-sampled lineage group is discounted as it would be if performed; of the
@@ -234,8 +234,8 @@ def next_stains(diff: Differential, top: int = 5) -> list[Suggestion]:
     h0 = _entropy(diff.posterior)
     out = []
     for marker in kb.markers:
-        if marker in panel.performed:
-            continue
+        if marker in panel.performed or kb.markers[marker].compartment == "molecular":
+            continue  # stains only: a molecular test (EWSR1, DICER1) is read, not suggested
         j = kb.marker_index(marker)
         prob_pos = float(np.dot(diff.posterior, p_pos[:, j]))
         expected = 0.0

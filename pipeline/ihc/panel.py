@@ -47,7 +47,6 @@ from pipeline.ihc.vocabulary import (
     NEGATING,
     NOT_PERFORMED,
     QUALIFIERS,
-    STOP_WORDS,
 )
 
 STATES = ("positive", "negative", "focal", "equivocal", "not_performed")
@@ -247,7 +246,7 @@ def _read_fragment(fragment: str, kb: KnowledgeBase, panel: Panel, state: _State
         if any(kind == "kb" for kind, _, _ in inner_state.waiting):
             raise IHCError(f"panel fragment {fragment!r}: no result in ({inner})")
     where = f"panel fragment {fragment!r}"
-    lead_words = [w for w in lead if w.lower().strip(":") not in STOP_WORDS]
+    lead_words = [w for w in lead if not is_filler(w)]
     graded, prefix = state.graded, False
     low = [w.lower() for w in lead_words]
     if items and low and low[0] in NEGATING and set(low[1:]) <= {"of", "expression"}:

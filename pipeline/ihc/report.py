@@ -36,6 +36,7 @@ from pipeline.ihc.vocabulary import (
     FOCAL,
     GRADED_WEAK,
     LOSS,
+    MOLECULAR,
     NEGATIVE,
     NEGATIVE_PHRASES,
     NOT_PERFORMED,
@@ -154,6 +155,7 @@ def is_result_word(token: str, loss: bool = False) -> bool:
         or t in FOCAL
         or t in EQUIVOCAL
         or t in NOT_PERFORMED
+        or t in MOLECULAR
         or bool(_PERCENT.match(t.strip("()")))
         or t in ("not", "no", "h-score", "hscore", "allred", GRADED_WEAK)
     )
@@ -206,7 +208,7 @@ def read_result(words: list[str], loss_marker: bool, where: str, graded: bool = 
         found.add("negative")  # highlighted background T cells": the tumour is not stained
         rest = ""
     rest = _numbers(rest, reading, where)
-    unread = []
+    unread, molecular = [], False
     for raw in rest.split():
         t = raw.strip("()").strip(",.") if raw not in ("(+)", "(-)", "(+/-)") else raw
         if not t:
@@ -228,8 +230,13 @@ def read_result(words: list[str], loss_marker: bool, where: str, graded: bool = 
             found.add("equivocal")
         elif t in COMPARTMENTS:
             reading.qualifiers.append(t)
+        elif t in MOLECULAR:  # "SS18 rearrangement": present unless the phrase says not
+            molecular = True
+            reading.qualifiers.append(t)
         elif t not in STOP_WORDS:
             unread.append(raw)
+    if molecular and not found:
+        found.add("positive")
     numbers = (
         reading.percent is not None or reading.hscore is not None or reading.allred is not None
     )

@@ -68,6 +68,9 @@ STOP_WORDS = frozenset(
         ),  # "EMA was not detected": the "not" decides
         *("markers", "marker", "antibodies", "profile", "panel"),  # "Positive markers: A, B"
         *("pathological", "pathologic", "histopathological", "histopathologic", "histological"),
+        *("fish", "rt-pcr", "pcr", "ngs", "sequencing", "break-apart", "probe", "molecular"),
+        *("testing", "test", "next-generation", "dna", "rna", "assay", "confirmed", "showing"),
+        *("cytogenetic", "cytogenetics", "using", "fluorescence", "fluorescent"),
         *("histologic", "evaluation", "examination", "analysis", "study", "studies", "findings"),
     ]
 )
@@ -139,6 +142,8 @@ NEGATIVE = frozenset(
         "immunonegativity",
         "negatively",
         "nil",
+        "wild-type",
+        "wildtype",
     ]
 )
 FOCAL = frozenset(
@@ -227,19 +232,34 @@ NOT_PERFORMED = (
     *("not done", "not performed", "not available", "to follow", "pending", "not evaluable"),
     *("n/a", "na", "nd", "np", "not_performed", "failed"),
 )
-NEGATIVE_PHRASES = ("not expressed", "no staining", "no expression", "not detected", "not seen")
+NEGATIVE_PHRASES = (
+    *("not expressed", "no staining", "no expression", "not detected", "not seen"),
+    *("wild-type", "wild type", "wildtype"),
+)
+MOLECULAR = frozenset(
+    [
+        *("rearrangement", "rearranged", "translocation", "translocated", "fusion", "fused"),
+        *("amplification", "amplified", "mutation", "mutated", "mutant", "pathogenic"),
+    ]
+)
+"""A molecular finding named as present ("SS18 rearrangement", "MDM2 amplification"): a
+positive result when nothing else in the phrase says otherwise ("no SS18 rearrangement",
+"MDM2 not amplified", "EWSR1 rearrangement: negative")."""
 NOT_THEN = (
     *("positive", "reactive", "immunoreactive", "immunopositive", "stained", "detected"),
     *("expressed", "labelled", "labeled", "identified", "seen", "present", "observed"),
-    *("demonstrated", "decorated"),
+    *("demonstrated", "decorated", "amplified", "rearranged", "mutated", "translocated"),
 )
 """Words that "not" before them turns negative ("not labelled", "not immunoreactive")."""
 TUMOUR = frozenset(["tumour", "tumor", "neoplastic", "lesional", "tumoral"])
 LOSS = {
-    "positive": ("complete loss", "loss", "lost", "deficient", "absent", "completely lost"),
+    "positive": (
+        *("complete loss", "loss", "lost", "deficient", "absent", "completely lost"),
+        *("deletion", "deleted", "homozygous deletion", "biallelic inactivation", "inactivated"),
+    ),
     "negative": (
         *("retained", "intact", "preserved", "expressed", "retention"),
-        *("not lost", "no loss", "not deficient", "without loss"),
+        *("not lost", "no loss", "not deficient", "without loss", "no deletion", "not deleted"),
     ),
     "focal": (
         *("partial loss", "partially lost", "mosaic", "mosaic loss", "reduced"),
