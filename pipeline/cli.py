@@ -58,7 +58,7 @@ def _run_ihc(args: argparse.Namespace) -> int:
     import json
 
     from pipeline.ihc.differential import format_summary
-    from pipeline.ihc.panel import panel_text
+    from pipeline.ihc.tables import panel_text
     from pipeline.prediction.call import ihc_summary, parse_image_probs
 
     if args.explain:

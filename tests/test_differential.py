@@ -213,3 +213,24 @@ def marker_terms_on(kb, results, rows):
 
     leads = group_leads(kb)
     return [(r, marker_weight(kb, r.marker, leads), marker_loglik(kb, r, rows)) for r in results]
+
+
+def test_explain_prints_rows_with_kind_and_source(capsys):
+    assert main(["ihc", "--explain", "SOX10"]) == 0
+    out = capsys.readouterr().out
+    assert "mpnst" in out and "DATA" in out and "ESTIMATE" in out and "Kang" in out
+    assert main(["ihc", "--explain", "mpnst"]) == 0
+    assert "epithelioid" in capsys.readouterr().out  # the variant's rows
+    assert main(["ihc", "--explain", "FOO7"]) == 2
+
+
+def test_a_molecular_result_is_read_weighed_and_never_suggested_as_a_stain():
+    kb = load_knowledge()
+    assert kb.p("leiomyosarcoma", "SS18_rearrangement") == kb.molecular_clip[0] < kb.clip[0]
+    stains = "vimentin+, CD99+, BCL2+, EMA-, AE1/AE3-, CD34-, S100 focal"
+    before = fuse(parse_panel(stains, kb), kb=kb)
+    after = fuse(parse_panel(stains + "; FISH: SS18 rearranged", kb), kb=kb)
+    assert after.ranked()[0][0] == "synovial_sarcoma" != before.ranked()[0][0]
+    assert not {s.marker for s in next_stains(before, top=60)} & {
+        m for m in kb.markers if kb.markers[m].is_molecular
+    }

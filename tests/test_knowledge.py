@@ -8,7 +8,7 @@ from pipeline.ihc.knowledge import DEFAULT_PATH, load_knowledge
 
 def test_shipped_knowledge_base_is_complete_and_sourced():
     kb = load_knowledge()
-    assert len(kb.entities) == 21 and len(kb.markers) == 51
+    assert len(kb.entities) == 21 and len(kb.markers) == 53
     added = (
         "BCL2",
         "CD99",
@@ -80,6 +80,8 @@ def _broken(tmp_path, edit):
             lambda d: d["variants"]["mpnst"]["epithelioid"]["p"].update(CD56={"p": 0.5}),
             "bad marker or p 'CD56'",
         ),
+        (lambda d: d["markers"]["SMA"].update(molecular="desmin"), "no molecular marker"),
+        (lambda d: d.update(molecular_clip=[0.5, 0.1]), "molecular_clip"),
     ],
 )
 def test_invalid_knowledge_bases_are_rejected_with_the_reason(tmp_path, edit, message):

@@ -38,6 +38,13 @@ class Marker:
     compartment: str
     aliases: tuple[str, ...] = ()
     loss_marker: bool = False
+    molecular: str | None = None
+    """The molecular test this stain stands in for (SS18-SSX → SS18 rearrangement): a
+    result written in molecular words ("SS18-SSX fusion by RT-PCR") is read as that test."""
+
+    @property
+    def is_molecular(self) -> bool:
+        return self.compartment == "molecular"
 
 
 @dataclass(frozen=True)
@@ -93,6 +100,7 @@ class KnowledgeBase:
     priors: dict[str, Prior]
     default_prior: str
     clip: tuple[float, float]
+    molecular_clip: tuple[float, float]
     extra: dict = field(default_factory=dict)
     variants: list[Variant] = field(default_factory=list)
     noted: dict[str, str] = field(default_factory=dict)
@@ -123,9 +131,16 @@ class KnowledgeBase:
         """The correlated group a marker belongs to, if any."""
         return next((g for g, members in self.groups.items() if marker in members), None)
 
+    def _bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per marker, the assay error floor and ceiling: ``probability_clip`` for stains,
+        ``molecular_clip`` for molecular tests (a FISH or sequencing result errs less)."""
+        molecular = np.array([m.is_molecular for m in self.markers.values()])
+        low = np.where(molecular, self.molecular_clip[0], self.clip[0])
+        return low, np.where(molecular, self.molecular_clip[1], self.clip[1])
+
     def clipped(self) -> np.ndarray:
         """P(positive | entity) clipped to the assay error floor and ceiling."""
-        return np.clip(self.p_positive, *self.clip)
+        return np.clip(self.p_positive, *self._bounds())
 
     def components(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str | None]]:
         """The mixture's rows (clipped): each entity's own row, then its variants'; the
@@ -141,8 +156,10 @@ class KnowledgeBase:
             keys.append(None)
             for v in mine:
                 row = base[i].copy()
+                low, high = self._bounds()
                 for marker, p in v.p.items():
-                    row[self.marker_index(marker)] = np.clip(p, *self.clip)
+                    j = self.marker_index(marker)
+                    row[j] = np.clip(p, low[j], high[j])
                 rows.append(row)
                 owner.append(i)
                 share.append(v.share)
@@ -154,8 +171,7 @@ class KnowledgeBase:
 
     def p(self, entity: str, marker: str) -> float:
         """P(marker positive | entity), clipped to the assay error floor."""
-        value = self.p_positive[self.entity_index(entity), self.marker_index(marker)]
-        return float(np.clip(value, *self.clip))
+        return float(self.clipped()[self.entity_index(entity), self.marker_index(marker)])
 
     def resolve_noted(self, name: str) -> str | None:
         """Display name of a noted (read, not used) marker for a name or alias."""
@@ -219,6 +235,7 @@ def _load(path: Path) -> KnowledgeBase:
             compartment=str(m.get("compartment", "")),
             aliases=tuple(m.get("aliases") or ()),
             loss_marker=bool(m.get("loss_marker", False)),
+            molecular=m.get("molecular"),
         )
         for key, m in markers_doc.items()
     }
@@ -304,8 +321,13 @@ def _load(path: Path) -> KnowledgeBase:
     if default_prior not in priors:
         problems.append(f"default_prior {default_prior!r} is not a defined prior")
     clip = tuple(doc.get("probability_clip", (0.01, 0.99)))
-    if not (len(clip) == 2 and 0 <= clip[0] < clip[1] <= 1):
-        problems.append(f"probability_clip {clip!r} must be [low, high] within [0, 1]")
+    molecular_clip = tuple(doc.get("molecular_clip", clip))
+    for name, bounds in (("probability_clip", clip), ("molecular_clip", molecular_clip)):
+        if not (len(bounds) == 2 and 0 <= bounds[0] < bounds[1] <= 1):
+            problems.append(f"{name} {bounds!r} must be [low, high] within [0, 1]")
+    for m in (m for m in markers.values() if m.molecular):
+        if m.molecular not in markers or not markers[m.molecular].is_molecular:
+            problems.append(f"marker {m.key}: molecular {m.molecular!r} is no molecular marker")
     _fail(path, problems)
     return KnowledgeBase(
         path=path,
@@ -322,6 +344,7 @@ def _load(path: Path) -> KnowledgeBase:
         priors=priors,
         default_prior=default_prior,
         clip=(float(clip[0]), float(clip[1])),
+        molecular_clip=(float(molecular_clip[0]), float(molecular_clip[1])),
         extra={"prior_floor": floors},
         variants=variants,
         noted=noted,

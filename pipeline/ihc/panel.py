@@ -13,8 +13,7 @@ and reported as warnings; malformed values are errors naming the row or token.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field, replace
 
 from pipeline.ihc.knowledge import KnowledgeBase, load_knowledge
 from pipeline.ihc.report import (
@@ -44,6 +43,7 @@ from pipeline.ihc.sentence import (
 )
 from pipeline.ihc.vocabulary import (
     CONTEXT,
+    MOLECULAR,
     NEGATING,
     NOT_PERFORMED,
     QUALIFIERS,
@@ -153,21 +153,6 @@ def resolve_name(name: str, kb: KnowledgeBase, panel: Panel, where: str) -> str 
     return key
 
 
-def panel_text(value: str) -> str:
-    """A panel as given on the command line: the text itself, or ``@path`` for a report file
-    (UTF-8; the report's IHC section as written)."""
-    if not value.startswith("@"):
-        return value
-    path = Path(value[1:])
-    try:
-        return path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise IHCError(
-            f"{path}: cannot read the panel file ({exc.__class__.__name__}); give a UTF-8 text "
-            "file with the report's IHC results, or the results themselves"
-        ) from None
-
-
 def parse_panel(text: str, kb: KnowledgeBase | None = None) -> Panel:
     """Parse a panel as reports write it (see ``pipeline.ihc.report``): ``"desmin+
     h-caldesmon+ SMA- STAT6 focal"``, ``"Desmin: positive (diffuse); SMA (-); PR 80%"``,
@@ -186,13 +171,17 @@ def parse_panel(text: str, kb: KnowledgeBase | None = None) -> Panel:
         for fragment in join_leading_results(split_fragments(suspended_hyphens(clause))):
             _read_fragment(fragment, kb, panel, state)
         for kind, key, own in state.waiting:
-            if kind == "kb":
+            if key in state.named:  # "SS18 rearrangement" and nothing after it: present
+                _add(kind, key, Reading("positive", molecular=True), own, kb, panel)
+            elif kind == "kb":
                 raise IHCError(
                     f"panel fragment {own!r}: no result for {kb.markers[key].display!r}; write "
                     f"e.g. '{kb.markers[key].display}+' or '{kb.markers[key].display} negative'"
                 )
-            panel.noted.append(f"{key} (panel fragment {own!r}): result not read")
+            else:
+                panel.noted.append(f"{key} (panel fragment {own!r}): result not read")
         state.waiting.clear()
+        state.named.clear()
         state.carry = None
     return panel
 
@@ -209,6 +198,10 @@ class _State:
     """(key, words, fragment) of the last marker read, for a continuation."""
     graded: bool = False
     """The panel grades with "++" / "+++", so "(+)" is weak."""
+    named: set = field(default_factory=set)
+    """Waiting markers named as a molecular finding ("SS18 rearrangement and EWSR1
+    rearrangement not detected"): the result that comes is the molecular test's, and with
+    none the finding is present."""
 
 
 def _read_fragment(fragment: str, kb: KnowledgeBase, panel: Panel, state: _State) -> None:
@@ -270,7 +263,7 @@ def _read_fragment(fragment: str, kb: KnowledgeBase, panel: Panel, state: _State
         return  # "desmin (+), clone D33": the antibody clone, recorded with the fragment
     elif lead_words and not items and waiting and all(is_result_word(w) for w in lead_words):
         reading = read_result(lead_words, False, where, graded)  # "CD31 membranous, diffuse"
-        _resolve_waiting(waiting, reading, fragment, kb, panel)
+        _resolve_waiting(waiting, reading, fragment, kb, panel, state.named)
         return
     elif (
         lead_words
@@ -300,7 +293,7 @@ def _read_fragment(fragment: str, kb: KnowledgeBase, panel: Panel, state: _State
         panel.warnings.append(f"{where}: could not read it (no known marker); it was not used")
         if waiting and any(is_result_word(w) for w in lead_words):  # "..., nestin positive"
             reading = read_result(lead_words[1:] or lead_words, False, where, graded)
-            _resolve_waiting(waiting, reading, fragment, kb, panel)
+            _resolve_waiting(waiting, reading, fragment, kb, panel, state.named)
         return
     negate_after_not(items)
     for n, (kind, key, words) in enumerate(items):
@@ -312,11 +305,20 @@ def _read_fragment(fragment: str, kb: KnowledgeBase, panel: Panel, state: _State
                 "add it or an alias there)"
             )
             continue
-        if all(is_filler(w) for w in words):
-            if carry is not None:
-                _add(kind, key, carry, fragment, kb, panel)
+        named = any(w.lower() in MOLECULAR for w in words)
+        if all(is_filler(w) or w.lower() in MOLECULAR for w in words):
+            if carry is not None:  # "negative for SS18 rearrangement"
+                _add(
+                    kind,
+                    key,
+                    replace(carry, molecular=carry.molecular or named),
+                    fragment,
+                    kb,
+                    panel,
+                )
             else:
                 waiting.append((kind, key, fragment))
+                state.named |= {key} if named else set()
             continue
         said = " ".join(words).lower()
         if (
@@ -341,17 +343,22 @@ def _read_fragment(fragment: str, kb: KnowledgeBase, panel: Panel, state: _State
         if any(w_key == key for _, w_key, _ in waiting):  # "for kappa and lambda showed
             waiting[:] = [w for w in waiting if w[1] != key]  # kappa restriction": kappa's
         elif not (prefix and n == 0):  # own result, never lambda's
-            _resolve_waiting(waiting, reading, fragment, kb, panel)  # "desmin and SMA +"
+            _resolve_waiting(
+                waiting, reading, fragment, kb, panel, state.named
+            )  # "desmin and SMA +"
         _add(kind, key, reading, fragment, kb, panel)
         state.carry = carry = None
         state.last = (key, words, fragment) if kind == "kb" else None
 
 
-def _resolve_waiting(waiting: list, reading: Reading, fragment: str, kb, panel: Panel) -> None:
+def _resolve_waiting(
+    waiting: list, reading: Reading, fragment: str, kb, panel: Panel, named: set
+) -> None:
     """Give the markers waiting for a result ("desmin and SMA positive") this one; each
     records its own fragment and the one its result came from."""
     for kind, key, own in waiting:
-        _add(kind, key, reading, fragment if own == fragment else f"{own} … {fragment}", kb, panel)
+        mine = replace(reading, molecular=key in named or reading.method)
+        _add(kind, key, mine, fragment if own == fragment else f"{own} … {fragment}", kb, panel)
     waiting.clear()
 
 
@@ -364,7 +371,11 @@ def _add(kind: str, key: str, reading: Reading, fragment: str, kb, panel: Panel)
 
 
 def from_reading(key: str, reading: Reading, kb, where: str, raw: str) -> MarkerResult:
-    """A marker's result from what its words say (numbers decide when given)."""
+    """A marker's result from what its words say (numbers decide when given); a stain's
+    result written in molecular words is its molecular test's ("SS18-SSX fusion by
+    RT-PCR")."""
+    if reading.molecular and kb.markers[key].molecular:
+        key = kb.markers[key].molecular
     loss = kb.markers[key].loss_marker
     state = reading.state
     numeric = _state_from_numbers(reading.percent, reading.hscore, kb)

@@ -36,6 +36,7 @@ from pipeline.ihc.vocabulary import (
     FOCAL,
     GRADED_WEAK,
     LOSS,
+    METHODS,
     MOLECULAR,
     NEGATIVE,
     NEGATIVE_PHRASES,
@@ -78,6 +79,10 @@ class Reading:
     qualifiers: list[str] = field(default_factory=list)
     loss_words: bool = False
     """The phrase spoke of loss / retention (already in the loss marker's terms)."""
+    molecular: bool = False
+    """The phrase named a molecular finding or method ("fusion", "by FISH")."""
+    method: bool = False
+    """... a molecular method ("by FISH"), which holds for every marker the result is for."""
 
 
 def normalise_text(text: str) -> str:
@@ -237,6 +242,8 @@ def read_result(words: list[str], loss_marker: bool, where: str, graded: bool = 
             unread.append(raw)
     if molecular and not found:
         found.add("positive")
+    reading.method = bool(METHODS & set(re.findall(r"[a-z-]+", phrase)))
+    reading.molecular = molecular or reading.method
     numbers = (
         reading.percent is not None or reading.hscore is not None or reading.allred is not None
     )

@@ -1,7 +1,8 @@
 """IHC tables: long form (``slide_id, marker, result[, percent, intensity, clone, hscore]``)
 or wide form (``slide_id`` + a column per marker), read into one panel per slide. Cells are
 read in the same report language as panels (``pipeline.ihc.report``); every problem of a
-table is reported at once, naming its line."""
+table is reported at once, naming its line. A panel given as ``@report.txt`` is read from
+the report file."""
 
 from __future__ import annotations
 
@@ -143,3 +144,18 @@ def panel_from_pairs(pairs: Iterable[tuple[str, str]], kb: KnowledgeBase | None 
         if key is not None:
             panel.add(interpret(key, value, kb, where))
     return panel
+
+
+def panel_text(value: str) -> str:
+    """A panel as given on the command line: the text itself, or ``@path`` for a report file
+    (UTF-8; the report's IHC section as written)."""
+    if not value.startswith("@"):
+        return value
+    path = Path(value[1:])
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise IHCError(
+            f"{path}: cannot read the panel file ({exc.__class__.__name__}); give a UTF-8 text "
+            "file with the report's IHC results, or the results themselves"
+        ) from None

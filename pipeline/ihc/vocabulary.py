@@ -245,6 +245,8 @@ MOLECULAR = frozenset(
 """A molecular finding named as present ("SS18 rearrangement", "MDM2 amplification"): a
 positive result when nothing else in the phrase says otherwise ("no SS18 rearrangement",
 "MDM2 not amplified", "EWSR1 rearrangement: negative")."""
+METHODS = frozenset(["fish", "rt-pcr", "pcr", "ngs", "sequencing", "break-apart", "molecular"])
+"""Molecular methods: a result read by one of them is the molecular test's, not the stain's."""
 NOT_THEN = (
     *("positive", "reactive", "immunoreactive", "immunopositive", "stained", "detected"),
     *("expressed", "labelled", "labeled", "identified", "seen", "present", "observed"),
