@@ -285,7 +285,7 @@ def _numbers(rest: str, reading: Reading, where: str) -> str:
         reading.allred = number(m.group(1), 8, "Allred score")
         rest = rest[: m.start()] + " " + rest[m.end() :]
     m = re.search(r"\(?\b(\d+)\s*/\s*(\d+)\b\)?", rest)  # "(10/10)": a share of cells or fields
-    if m and int(m.group(2)) > 0 and int(m.group(1)) <= int(m.group(2)):
+    if m and int(m.group(2)) not in (0, 8) and int(m.group(1)) <= int(m.group(2)):  # n/8: Allred
         reading.percent = 100 * int(m.group(1)) / int(m.group(2))
         rest = rest[: m.start()] + " " + rest[m.end() :]
     m = re.search(r"[<>≥≤~]?\(?(\d+(?:\.\d+)?)(?:\s*-\s*(\d+(?:\.\d+)?))?\s*%\)?", rest)
