@@ -137,22 +137,6 @@ def _state_from_numbers(
     return None
 
 
-def resolve_name(name: str, kb: KnowledgeBase, panel: Panel, where: str) -> str | None:
-    """The marker key for a name; a noted or unknown name is recorded on ``panel``."""
-    key = kb.resolve_marker(name)
-    if key is None:
-        noted = kb.resolve_noted(name)
-        if noted is not None:
-            panel.noted.append(f"{noted} ({where}): {kb.noted[noted]}")
-            return None
-        panel.unknown.append(name)
-        panel.warnings.append(
-            f"{where}: unknown marker {name!r} ignored "
-            f"(not in {kb.path.name}; add it or an alias there)"
-        )
-    return key
-
-
 def parse_panel(text: str, kb: KnowledgeBase | None = None) -> Panel:
     """Parse a panel as reports write it (see ``pipeline.ihc.report``): ``"desmin+
     h-caldesmon+ SMA- STAT6 focal"``, ``"Desmin: positive (diffuse); SMA (-); PR 80%"``,
@@ -205,8 +189,10 @@ class _State:
 
 
 def _read_fragment(fragment: str, kb: KnowledgeBase, panel: Panel, state: _State) -> None:
-    carry, waiting = state.carry, state.waiting
     toks = split_slashes(tokens(fragment), kb)
+    if toks and toks[0].lower() in ("but", "whereas", "while"):  # "..., but desmin and
+        state.carry = None  # h-caldesmon were negative": no longer "immunoreactive for"
+    carry, waiting = state.carry, state.waiting
     if any(t.lower() == "neither" for t in toks):  # "neither desmin nor SMA was expressed"
         toks = neither_nor(toks, fragment)
     items: list[list] = []  # [kind, key, words]
@@ -245,8 +231,11 @@ def _read_fragment(fragment: str, kb: KnowledgeBase, panel: Panel, state: _State
     if items and low and low[0] in NEGATING and set(low[1:]) <= {"of", "expression"}:
         state.carry = carry = read_result(["negative"], False, where)  # "lack of PR"
     elif lead and lead[-1].lower() in ("for", "to", "by", "with"):
-        if any(is_result_word(w) for w in lead[:-1]):  # "positive for", "labelled by"
-            state.carry = carry = read_result(lead[:-1], False, where, graded)
+        if any(is_result_word(w) for w in lead[:-1]):  # "positive for", "but not with"
+            said = [w for w in lead[:-1] if not is_filler(w)]
+            state.carry = carry = read_result(said, False, where, graded)
+        elif lead[-2:-1] and lead[-2].lower() == "stained":  # "cells stained with desmin"
+            state.carry = carry = read_result(["positive"], False, where, graded)
         # else "staining for STAT6 was absent": the result follows the marker
     elif (
         lead[-1:]

@@ -58,8 +58,9 @@ _HYPHEN_RESULT = re.compile(
     re.I,
 )
 """A result hyphenated to its marker: "S-100-positive cells", "CD34-negative"."""
-_JOIN = re.compile(r"(?:^|\s+)(?:and|but|whereas|while)\s+", re.I)
-"""Words that join fragments: "positive for SMA but negative for desmin" is two."""
+_JOIN = re.compile(r"(?:^|\s+)and\s+|\s+(?=(?:but|whereas|while)\s)", re.I)
+"""Words that join fragments: "positive for SMA but negative for desmin" is two. A fragment
+keeps its "but" / "whereas" / "while", which ends the result carried so far."""
 
 
 class IHCError(UsageError):

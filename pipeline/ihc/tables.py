@@ -12,8 +12,24 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from pipeline.ihc.knowledge import KnowledgeBase, load_knowledge
-from pipeline.ihc.panel import IHCError, MarkerResult, Panel, from_reading, resolve_name
+from pipeline.ihc.panel import IHCError, MarkerResult, Panel, from_reading
 from pipeline.ihc.report import Reading, normalise_text, read_result, split_fragments, tokens
+
+
+def resolve_name(name: str, kb: KnowledgeBase, panel: Panel, where: str) -> str | None:
+    """The marker key for a name; a noted or unknown name is recorded on ``panel``."""
+    key = kb.resolve_marker(name)
+    if key is None:
+        noted = kb.resolve_noted(name)
+        if noted is not None:
+            panel.noted.append(f"{noted} ({where}): {kb.noted[noted]}")
+            return None
+        panel.unknown.append(name)
+        panel.warnings.append(
+            f"{where}: unknown marker {name!r} ignored "
+            f"(not in {kb.path.name}; add it or an alias there)"
+        )
+    return key
 
 
 def interpret(

@@ -29,6 +29,8 @@ STOP_WORDS = frozenset(
         "stains",
         "stained",
         "but",
+        "whereas",
+        "while",
         "or",
         "nor",
         "immunoreactivity",
