@@ -8,7 +8,8 @@ from pipeline.cli import main
 from pipeline.ihc.differential import format_summary, fuse, next_stains, summarise
 from pipeline.ihc.knowledge import Prior, load_knowledge
 from pipeline.ihc.likelihood import group_leads, marker_terms, panel_loglik
-from pipeline.ihc.panel import MarkerResult, Panel, parse_panel
+from pipeline.ihc.panel import parse_panel
+from pipeline.ihc.results import MarkerResult, Panel
 from pipeline.prediction.call import CallConfig, decide
 
 CASE = (

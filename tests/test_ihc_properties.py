@@ -6,7 +6,8 @@ from hypothesis import strategies as st
 
 from pipeline.ihc.differential import fuse
 from pipeline.ihc.knowledge import load_knowledge
-from pipeline.ihc.panel import MarkerResult, Panel, parse_panel
+from pipeline.ihc.panel import parse_panel
+from pipeline.ihc.results import MarkerResult, Panel
 
 KB = load_knowledge()
 MARKERS = sorted(KB.markers)
@@ -83,12 +84,13 @@ def _result(state: str, rng, signs: bool = True) -> str:
 @given(
     st.lists(st.sampled_from(STAINED), min_size=2, max_size=2, unique=True),
     st.lists(st.sampled_from(STATES), min_size=2, max_size=2),
-    st.integers(0, 6),
+    st.integers(0, 8),
     st.randoms(use_true_random=False),
 )
 def test_report_sentence_shapes_read_as_meant(markers, states, shape, rng):
     """Two markers in the sentence shapes case reports use, any spelling, any result
-    wording: every marker gets the result the sentence gives it."""
+    wording: every marker gets the result the sentence gives it (a result carried from
+    "positive for A" never reaches B, which has its own)."""
     (a, b), (sa, sb) = markers, states
     na, nb = _spelling(a, rng), _spelling(b, rng)
     text, expected = {
@@ -105,6 +107,11 @@ def test_report_sentence_shapes_read_as_meant(markers, states, shape, rng):
         4: (f"{_result(sa, rng, False)} for {na} and {nb}", (sa, sa)),
         5: (f"{na} ({_result(sa, rng)}), {nb} ({_result(sb, rng)})", (sa, sb)),
         6: (f"- {na}: {_result(sa, rng)}\n- {nb}: {_result(sb, rng)}", (sa, sb)),
+        7: (f"{_result(sa, rng, False)} for {na}, {nb} {_result(sb, rng)}", (sa, sb)),
+        8: (
+            f"{_result(sa, rng, False)} for {na}, and {nb} was {_result(sb, rng, False)}",
+            (sa, sb),
+        ),
     }[shape]
     panel = parse_panel(text, KB)
     assert {m: r.state for m, r in panel.results.items()} == dict(

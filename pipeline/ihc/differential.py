@@ -26,7 +26,7 @@ import numpy as np
 from pipeline.ihc.image import ImageEvidence, entity_prior_and_likelihood
 from pipeline.ihc.knowledge import KnowledgeBase, load_knowledge, source_kind
 from pipeline.ihc.likelihood import panel_likelihood
-from pipeline.ihc.panel import MarkerResult, Panel
+from pipeline.ihc.results import MarkerResult, Panel
 
 DECISIVE_LLR = float(np.log(10))
 """A marker whose weighted likelihood ratio exceeds 10 (either way) is called decisive."""

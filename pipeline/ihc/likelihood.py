@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipeline.ihc.knowledge import KnowledgeBase
-from pipeline.ihc.panel import MarkerResult
+from pipeline.ihc.results import MarkerResult
 
 
 def _state(kb: KnowledgeBase, result: MarkerResult) -> str | None:

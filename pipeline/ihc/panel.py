@@ -24,8 +24,10 @@ from pipeline.ihc.report import (
     read_result,
     split_clauses,
     split_fragments,
+    split_parts,
     tokens,
 )
+from pipeline.ihc.results import Panel, from_reading
 from pipeline.ihc.sentence import (
     BULLET,
     EXPRESSING,
@@ -49,93 +51,6 @@ from pipeline.ihc.vocabulary import (
     QUALIFIERS,
 )
 
-STATES = ("positive", "negative", "focal", "equivocal", "not_performed")
-
-
-@dataclass(frozen=True)
-class MarkerResult:
-    """One marker's result, normalised. ``state`` is from the marker's point of view: for a
-    loss marker (H3K27me3_loss) ``positive`` means the stain is lost."""
-
-    marker: str
-    state: str
-    raw: str = ""
-    percent: float | None = None
-    hscore: float | None = None
-    where: str = ""
-    qualifiers: tuple[str, ...] = ()
-    """Extent, intensity and compartment words as written (recorded, not scored)."""
-
-
-@dataclass
-class Panel:
-    """A slide's IHC results plus what could not be used (reported, never dropped)."""
-
-    results: dict[str, MarkerResult] = field(default_factory=dict)
-    unknown: list[str] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-    noted: list[str] = field(default_factory=list)
-    """Markers read and recorded that the likelihood table does not hold (Ki-67...)."""
-    raw: str = ""
-
-    @property
-    def counts(self) -> tuple[int, int]:
-        """(markers used, markers given): given counts every marker read, noted, not
-        performed or unknown."""
-        used = len(self.performed)
-        return used, len(self.results) + len(self.noted) + len(self.unknown)
-
-    def usage(self) -> str:
-        used, given = self.counts
-        return f"{used} of {given} markers used"
-
-    @property
-    def performed(self) -> dict[str, MarkerResult]:
-        return {k: r for k, r in self.results.items() if r.state != "not_performed"}
-
-    def add(self, result: MarkerResult) -> None:
-        previous = self.results.get(result.marker)
-        if previous and previous.state != result.state and previous.state != "not_performed":
-            raise IHCError(
-                f"{result.where}: {result.marker} given twice with different results "
-                f"({previous.raw or previous.state} at {previous.where}, "
-                f"{result.raw or result.state})"
-            )
-        self.results[result.marker] = result
-
-    def describe(self) -> str:
-        """Compact panel string, e.g. ``desmin+ SMA- STAT6 focal``."""
-        signs = {"positive": "+", "negative": "-"}
-        parts = []
-        for r in self.performed.values():
-            parts.append(
-                f"{r.marker}{signs[r.state]}" if r.state in signs else f"{r.marker} {r.state}"
-            )
-        return " ".join(parts)
-
-
-def _state_from_numbers(
-    percent: float | None, hscore: float | None, kb: KnowledgeBase
-) -> str | None:
-    s = kb.scoring
-    if hscore is not None:
-        return (
-            "positive"
-            if hscore >= s.positive_hscore
-            else "focal"
-            if hscore >= s.focal_hscore
-            else "negative"
-        )
-    if percent is not None:
-        return (
-            "positive"
-            if percent >= s.positive_percent
-            else "focal"
-            if percent >= s.focal_percent
-            else "negative"
-        )
-    return None
-
 
 def parse_panel(text: str, kb: KnowledgeBase | None = None) -> Panel:
     """Parse a panel as reports write it (see ``pipeline.ihc.report``): ``"desmin+
@@ -152,7 +67,11 @@ def parse_panel(text: str, kb: KnowledgeBase | None = None) -> Panel:
                 f"not read as a result: the report's conclusion {conclusion!r} (the "
                 "differential uses the stains alone)"
             )
-        for fragment in join_leading_results(split_fragments(suspended_hyphens(clause))):
+        parts = split_parts(suspended_hyphens(clause))
+        pieces = [(n, fragment) for n, part in enumerate(parts) for fragment in part]
+        for part, fragment in join_leading_results(pieces):
+            if part != state.part:
+                state.part, state.tentative = part, []
             _read_fragment(fragment, kb, panel, state)
         for kind, key, own in state.waiting:
             if key in state.named:  # "SS18 rearrangement" and nothing after it: present
@@ -166,7 +85,7 @@ def parse_panel(text: str, kb: KnowledgeBase | None = None) -> Panel:
                 panel.noted.append(f"{key} (panel fragment {own!r}): result not read")
         state.waiting.clear()
         state.named.clear()
-        state.carry = None
+        state.carry, state.part, state.carry_part, state.tentative = None, -1, -1, []
     return panel
 
 
@@ -182,6 +101,14 @@ class _State:
     """(key, words, fragment) of the last marker read, for a continuation."""
     graded: bool = False
     """The panel grades with "++" / "+++", so "(+)" is weak."""
+    part: int = -1
+    """The comma part of the clause being read; ``carry_part`` the one whose lead set the
+    carried result."""
+    carry_part: int = -1
+    tentative: list = field(default_factory=list)
+    """Markers of this part that took a result carried from an earlier part: a result of
+    their own "and"-chain replaces it ("positive for SMA and desmin, EMA and S100 negative":
+    EMA is negative)."""
     named: set = field(default_factory=set)
     """Waiting markers named as a molecular finding ("SS18 rearrangement and EWSR1
     rearrangement not detected"): the result that comes is the molecular test's, and with
@@ -192,7 +119,7 @@ def _read_fragment(fragment: str, kb: KnowledgeBase, panel: Panel, state: _State
     toks = split_slashes(tokens(fragment), kb)
     if toks and toks[0].lower() in ("but", "whereas", "while"):  # "..., but desmin and
         state.carry = None  # h-caldesmon were negative": no longer "immunoreactive for"
-    carry, waiting = state.carry, state.waiting
+    carry, waiting, carried = state.carry, state.waiting, state.carry
     if any(t.lower() == "neither" for t in toks):  # "neither desmin nor SMA was expressed"
         toks = neither_nor(toks, fragment)
     items: list[list] = []  # [kind, key, words]
@@ -284,6 +211,8 @@ def _read_fragment(fragment: str, kb: KnowledgeBase, panel: Panel, state: _State
             reading = read_result(lead_words[1:] or lead_words, False, where, graded)
             _resolve_waiting(waiting, reading, fragment, kb, panel, state.named)
         return
+    if state.carry is not carried:
+        state.carry_part = state.part
     negate_after_not(items)
     for n, (kind, key, words) in enumerate(items):
         if kind == "unknown":
@@ -297,14 +226,10 @@ def _read_fragment(fragment: str, kb: KnowledgeBase, panel: Panel, state: _State
         named = any(w.lower() in MOLECULAR for w in words)
         if all(is_filler(w) or w.lower() in MOLECULAR for w in words):
             if carry is not None:  # "negative for SS18 rearrangement"
-                _add(
-                    kind,
-                    key,
-                    replace(carry, molecular=carry.molecular or named),
-                    fragment,
-                    kb,
-                    panel,
-                )
+                shared = replace(carry, molecular=carry.molecular or named)
+                _add(kind, key, shared, fragment, kb, panel)
+                if kind == "kb" and state.part != state.carry_part:
+                    state.tentative.append((kind, key, fragment))
             else:
                 waiting.append((kind, key, fragment))
                 state.named |= {key} if named else set()
@@ -329,6 +254,11 @@ def _read_fragment(fragment: str, kb: KnowledgeBase, panel: Panel, state: _State
                 panel.noted.append(f"{key} ({where}): result not read")
                 continue
             raise
+        if not (prefix and n == 0) and not reading.loss_words:  # "..., EMA and S100 negative"
+            for t_kind, t_key, t_fragment in state.tentative:
+                panel.results.pop(t_key, None)
+                _add(t_kind, t_key, reading, f"{t_fragment} … {fragment}", kb, panel)
+            state.tentative.clear()
         if any(w_key == key for _, w_key, _ in waiting):  # "for kappa and lambda showed
             waiting[:] = [w for w in waiting if w[1] != key]  # kappa restriction": kappa's
         elif not (prefix and n == 0):  # own result, never lambda's
@@ -357,30 +287,3 @@ def _add(kind: str, key: str, reading: Reading, fragment: str, kb, panel: Panel)
         panel.noted.append(f"{key} {reading.state or 'read'} ({where}): {kb.noted[key]}")
         return
     panel.add(from_reading(key, reading, kb, where, fragment))
-
-
-def from_reading(key: str, reading: Reading, kb, where: str, raw: str) -> MarkerResult:
-    """A marker's result from what its words say (numbers decide when given); a stain's
-    result written in molecular words is its molecular test's ("SS18-SSX fusion by
-    RT-PCR")."""
-    if reading.molecular and kb.markers[key].molecular:
-        key = kb.markers[key].molecular
-    loss = kb.markers[key].loss_marker
-    state = reading.state
-    numeric = _state_from_numbers(reading.percent, reading.hscore, kb)
-    if reading.allred is not None:
-        numeric = (
-            "negative" if reading.allred <= 2 else "focal" if reading.allred <= 4 else "positive"
-        )
-    if numeric is not None and not reading.loss_words:
-        if state == "negative" and numeric != "negative":
-            raise IHCError(f"{where}: 'negative' with {raw!r} numbers that say {numeric}")
-        if state in ("", "positive", "focal"):
-            state = numeric
-    if loss and not reading.loss_words and state in ("positive", "negative"):
-        state = "negative" if state == "positive" else "positive"  # stain present = retained
-    if loss and reading.percent is not None and not reading.loss_words and not reading.state:
-        state = "positive" if reading.percent < kb.scoring.focal_percent else "negative"
-    return MarkerResult(
-        key, state, raw, reading.percent, reading.hscore, where, tuple(reading.qualifiers)
-    )

@@ -115,6 +115,12 @@ def split_clauses(text: str) -> list[str]:
 
 def split_fragments(text: str) -> list[str]:
     """Fragments at separators outside parentheses."""
+    return [fragment for part in split_parts(text) for fragment in part]
+
+
+def split_parts(text: str) -> list[list[str]]:
+    """Fragments at separators outside parentheses, by comma part: "positive for SMA and
+    desmin, EMA and S100 negative" is [[SMA, desmin], [EMA, S100 negative]]."""
     text = _PAREN_SIGN.sub(" (", _SPLIT_SIGN.sub(r" \1", _HYPHEN_RESULT.sub(r" \1", text)))
     out, depth, start = [], 0, 0
     for i, ch in enumerate(text):
@@ -127,7 +133,7 @@ def split_fragments(text: str) -> list[str]:
             out.append(text[start:i])
             start = i + 1
     out.append(text[start:])
-    pieces = []
+    parts = []
     for part in out:
         split = [p.strip() for p in _JOIN.split(part.strip())]
         for j, piece in enumerate(split):  # "weakly and focally positive for X": one phrase
@@ -135,8 +141,8 @@ def split_fragments(text: str) -> list[str]:
             if j + 1 < len(split) and words and all(t.lower() in ADVERBS for t in words):
                 split[j + 1] = f"{piece} {split[j + 1]}"
                 split[j] = ""
-        pieces += split
-    return [p.strip() for p in pieces if p.strip()]
+        parts.append([p.strip() for p in split if p.strip()])
+    return [part for part in parts if part]
 
 
 def tokens(fragment: str) -> list[str]:

@@ -151,17 +151,17 @@ def split_conclusion(clause: str, kb: KnowledgeBase) -> tuple[str, str | None]:
     return clause, None
 
 
-def join_leading_results(fragments: list[str]) -> list[str]:
+def join_leading_results(pieces: list[tuple[int, str]]) -> list[tuple[int, str]]:
     """ "There was diffuse, strong expression of SSTR2A": a fragment of result words alone
-    joins the next when that one starts with a result too."""
-    out: list[str] = []
-    for fragment in fragments:
-        words = [w for w in tokens(out[-1]) if w.lower() not in STOP_WORDS] if out else []
+    joins the next (and its comma part) when that one starts with a result too."""
+    out: list[tuple[int, str]] = []
+    for part, fragment in pieces:
+        words = [w for w in tokens(out[-1][1]) if w.lower() not in STOP_WORDS] if out else []
         first = [w for w in tokens(fragment) if w.lower() not in STOP_WORDS][:1]
         if words and first and all(is_result_word(w) for w in [*words, *first]):
-            out[-1] = f"{out[-1]} {fragment}"
+            out[-1] = (part, f"{out[-1][1]} {fragment}")
         else:
-            out.append(fragment)
+            out.append((part, fragment))
     return out
 
 

@@ -12,8 +12,15 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from pipeline.ihc.knowledge import KnowledgeBase, load_knowledge
-from pipeline.ihc.panel import IHCError, MarkerResult, Panel, from_reading
-from pipeline.ihc.report import Reading, normalise_text, read_result, split_fragments, tokens
+from pipeline.ihc.report import (
+    IHCError,
+    Reading,
+    normalise_text,
+    read_result,
+    split_fragments,
+    tokens,
+)
+from pipeline.ihc.results import MarkerResult, Panel, from_reading
 
 
 def resolve_name(name: str, kb: KnowledgeBase, panel: Panel, where: str) -> str | None:

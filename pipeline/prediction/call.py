@@ -19,7 +19,7 @@ from pipeline.core.resources import builtin_config
 from pipeline.ihc.differential import Differential, Suggestion, fuse, next_stains, summarise
 from pipeline.ihc.image import ImageEvidence
 from pipeline.ihc.knowledge import KnowledgeBase
-from pipeline.ihc.panel import Panel
+from pipeline.ihc.results import Panel
 from pipeline.tiles.aggregate import AGGREGATORS
 
 SLIDE_AGGREGATIONS = ("model", *(a for a in AGGREGATORS if a != "attention"))

@@ -20,7 +20,7 @@ from pipeline import __version__
 from pipeline.core.atomic import clean_stale_temps, writable_folder
 from pipeline.core.batch import run_slides
 from pipeline.core.errors import FascicleError, SlideBusyError
-from pipeline.ihc.panel import Panel
+from pipeline.ihc.results import Panel
 from pipeline.prediction.call import make_call
 from pipeline.prediction.locks import SlideLock
 from pipeline.prediction.result import (
