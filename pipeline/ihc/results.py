@@ -78,22 +78,14 @@ def _state_from_numbers(
 ) -> str | None:
     s = kb.scoring
     if hscore is not None:
-        return (
-            "positive"
-            if hscore >= s.positive_hscore
-            else "focal"
-            if hscore >= s.focal_hscore
-            else "negative"
-        )
+        return _cut(hscore, s.positive_hscore, s.focal_hscore)
     if percent is not None:
-        return (
-            "positive"
-            if percent >= s.positive_percent
-            else "focal"
-            if percent >= s.focal_percent
-            else "negative"
-        )
+        return _cut(percent, s.positive_percent, s.focal_percent)
     return None
+
+
+def _cut(value: float, positive: float, focal: float) -> str:
+    return "positive" if value >= positive else "focal" if value >= focal else "negative"
 
 
 def from_reading(key: str, reading: Reading, kb, where: str, raw: str) -> MarkerResult:
