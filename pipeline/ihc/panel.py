@@ -194,6 +194,8 @@ def _read_fragment(fragment: str, kb: KnowledgeBase, panel: Panel, state: _State
         reading = read_result([*words, *lead_words], kb.markers[key].loss_marker, joined, graded)
         _add("kb", key, reading, f"{first}, {fragment}", kb, panel)
         return
+    elif items and low == ["not"]:  # "..., but not STAT6 or CD34": each negative
+        state.carry = carry = read_result(["negative"], False, where, graded)
     elif lead_words and items and all(result_or_compartment(w) for w in lead_words):
         if any(not re.search(r"[a-z]", w.lower()) for w in lead_words):
             raise IHCError(f"{where}: result {' '.join(lead_words)!r} has no marker before it")
@@ -266,7 +268,8 @@ def _read_fragment(fragment: str, kb: KnowledgeBase, panel: Panel, state: _State
                 waiting, reading, fragment, kb, panel, state.named
             )  # "desmin and SMA +"
         _add(kind, key, reading, fragment, kb, panel)
-        state.carry = carry = None
+        if not (len(words) == 1 and words[0].startswith("(")):  # "EMA (focally) and PR":
+            state.carry = carry = None  # an aside within the list keeps its carried result
         state.last = (key, words, fragment) if kind == "kb" else None
 
 

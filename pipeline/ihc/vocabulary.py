@@ -216,6 +216,7 @@ QUALIFIERS = COMPARTMENTS | {
     *("less", "more", "fewer", "greater", "than", "over", "under", "below", "above"),
     *("spindle", "spindled", "epithelioid", "component", "foci", "population", "plasma"),
     *("epithelial", "glial", "stromal", "mesenchymal", "sarcomatous", "giant", "lymphoid"),
+    *("gliomatous", "glial-appearing", "rhabdoid"),
 }
 GRADED_WEAK = "(+)"
 """Weakly positive where the panel grades with "++" / "+++" (the German and Chinese scales:
