@@ -138,6 +138,23 @@ def test_conflicting_image_and_ihc_make_the_call_indeterminate():
     assert few.indeterminate and "3 tissue tiles" in few.reasons[0]
 
 
+HALF_TEXT = "leiomyosarcoma=0.5,meningioma=0.5"
+
+
+def test_an_image_that_says_nothing_never_conflicts_with_the_ihc(capsys):
+    """0.5 / 0.5 is no evidence: the dural prior's lean to meningioma is not the image's."""
+    panel = "desmin+ SMA+ h-caldesmon+ calponin+ S100- EMA- STAT6-"
+    assert main(["ihc", "--panel", panel, "--image-probs", HALF_TEXT, "--json"]) == 0
+    import json
+
+    call = json.loads(capsys.readouterr().out)["call"]
+    assert not any("conflict" in r for r in call["reasons"])
+    assert (
+        main(["ihc", "--panel", panel, "--image-probs", "leiomyosarcoma=0.03,meningioma=0.97"]) == 0
+    )
+    assert "image favours meningioma" in capsys.readouterr().out
+
+
 def test_ihc_cli_table_and_json(capsys):
     assert main(["ihc", "--panel", CASE, "--image-probs", "leiomyosarcoma=0.5,meningioma=0.5"]) == 0
     out = capsys.readouterr().out

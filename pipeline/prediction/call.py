@@ -324,7 +324,8 @@ def make_call(
     options = {"prior": prior, "kb": kb, "image_floor": config.image_prob_floor}
     diff = fuse(panel, image, **options)
     ihc_only = fuse(panel, image.neutral(), **options) if image is not None else None
-    call = decide(diff, config, n_tiles, posterior, ihc_only, reasons)
+    seen = image.posterior(image.balance) if image is not None else None  # the image alone:
+    call = decide(diff, config, n_tiles, seen, ihc_only, reasons)  # the prior is in ihc_only
     return SlideCall(call, posterior, diff, next_stains(diff, top=top))
 
 
