@@ -25,7 +25,7 @@ def explain(kb: KnowledgeBase, name: str) -> str:
     for e, m in pairs:
         source = kb.sources.get((e, m), "")
         label = e if marker else kb.markers[m].display
-        lines.append(f"  {label:<28}{kb.p(e, m):5.2f}  {source_kind(source):<8} {source}")
+        lines.append(f"  {label:<28}{kb.p(e, m):6.3f}  {source_kind(source):<8} {source}")
     kinds = [source_kind(kb.sources.get(p, "")) for p in pairs]
     for v in kb.variants:
         if marker:
@@ -37,6 +37,6 @@ def explain(kb: KnowledgeBase, name: str) -> str:
         for m in rows:
             label = v.entity if marker else kb.markers[m].display
             kinds.append(source_kind(v.sources[m]))
-            lines.append(f"    {label:<26}{v.p[m]:5.2f}  {kinds[-1]:<8} {v.sources[m]}")
+            lines.append(f"    {label:<26}{v.p[m]:6.3f}  {kinds[-1]:<8} {v.sources[m]}")
     lines.append(f"{kinds.count('ESTIMATE')} of {len(kinds)} numbers here are estimates")
     return "\n".join(lines)
