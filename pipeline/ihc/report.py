@@ -7,7 +7,9 @@ finds it within its clause, never in a result written before a later marker ("bu
 CD34"). A result hyphenated to its marker ("S-100-positive") is read as written; "(+)" is
 positive, or weak where the panel grades with "++" / "+++". A result about other cells
 ("CD34 highlighted the vessels only", "(vessels positive)") is the tumour's negative, or an
-error when it is about them alone ("CD34 positive in vessels"). In
+error when it is about them alone ("CD34 positive in vessels"). A molecular finding named
+("SS18 rearrangement", "MDM2 amplification") is present unless its phrase says otherwise,
+and a result read "by FISH" or in molecular words is flagged for the molecular test. In
 each fragment the longest marker
 name or alias at a word boundary starts a result, which runs to the next marker name:
 ``Desmin: positive (diffuse)``, ``SMA (-)``, ``SMA focal weak``, ``strongly positive``,
