@@ -234,7 +234,7 @@ def next_stains(diff: Differential, top: int = 5) -> list[Suggestion]:
     h0 = _entropy(diff.posterior)
     out = []
     for marker in kb.markers:
-        if marker in panel.performed or kb.markers[marker].compartment == "molecular":
+        if marker in panel.performed or kb.markers[marker].is_molecular:
             continue  # stains only: a molecular test (EWSR1, DICER1) is read, not suggested
         j = kb.marker_index(marker)
         prob_pos = float(np.dot(diff.posterior, p_pos[:, j]))

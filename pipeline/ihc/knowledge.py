@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -113,7 +113,7 @@ class KnowledgeBase:
     def __post_init__(self) -> None:
         self._marker_pos = {m: i for i, m in enumerate(self.markers)}
 
-    @property
+    @cached_property
     def entity_words(self) -> frozenset[str]:
         """Words of the entities' names ("synovial", "sarcoma"): a diagnosis written after a
         result ("GFAP-negative synovial sarcoma"), never the name of an unknown marker."""
@@ -146,7 +146,7 @@ class KnowledgeBase:
         """The mixture's rows (clipped): each entity's own row, then its variants'; the
         entity index each row belongs to; each row's log share within its entity; and each
         row's variant key (None for an entity's own row)."""
-        base = self.clipped()
+        base, (low, high) = self.clipped(), self._bounds()
         rows, owner, share, keys = [], [], [], []
         for i, entity in enumerate(self.entities):
             mine = [v for v in self.variants if v.entity == entity]
@@ -156,7 +156,6 @@ class KnowledgeBase:
             keys.append(None)
             for v in mine:
                 row = base[i].copy()
-                low, high = self._bounds()
                 for marker, p in v.p.items():
                     j = self.marker_index(marker)
                     row[j] = np.clip(p, low[j], high[j])
@@ -171,7 +170,9 @@ class KnowledgeBase:
 
     def p(self, entity: str, marker: str) -> float:
         """P(marker positive | entity), clipped to the assay error floor."""
-        return float(self.clipped()[self.entity_index(entity), self.marker_index(marker)])
+        j = self.marker_index(marker)
+        low, high = self.molecular_clip if self.markers[marker].is_molecular else self.clip
+        return float(np.clip(self.p_positive[self.entity_index(entity), j], low, high))
 
     def resolve_noted(self, name: str) -> str | None:
         """Display name of a noted (read, not used) marker for a name or alias."""

@@ -158,9 +158,8 @@ def _read_fragment(fragment: str, kb: KnowledgeBase, panel: Panel, state: _State
     if items and low and low[0] in NEGATING and set(low[1:]) <= {"of", "expression"}:
         state.carry = carry = read_result(["negative"], False, where)  # "lack of PR"
     elif lead and lead[-1].lower() in ("for", "to", "by", "with"):
-        if any(is_result_word(w) for w in lead[:-1]):  # "positive for", "but not with"
-            said = [w for w in lead[:-1] if not is_filler(w)]
-            state.carry = carry = read_result(said, False, where, graded)
+        if any(is_result_word(w) for w in lead_words):  # "positive for", "but not with"
+            state.carry = carry = read_result(lead_words, False, where, graded)
         elif lead[-2:-1] and lead[-2].lower() == "stained":  # "cells stained with desmin"
             state.carry = carry = read_result(["positive"], False, where, graded)
         # else "staining for STAT6 was absent": the result follows the marker
@@ -234,7 +233,8 @@ def _read_fragment(fragment: str, kb: KnowledgeBase, panel: Panel, state: _State
                     state.tentative.append((kind, key, fragment))
             else:
                 waiting.append((kind, key, fragment))
-                state.named |= {key} if named else set()
+                if named:
+                    state.named.add(key)
             continue
         said = " ".join(words).lower()
         if (
@@ -256,17 +256,15 @@ def _read_fragment(fragment: str, kb: KnowledgeBase, panel: Panel, state: _State
                 panel.noted.append(f"{key} ({where}): result not read")
                 continue
             raise
-        if not (prefix and n == 0) and not reading.loss_words:  # "..., EMA and S100 negative"
-            for t_kind, t_key, t_fragment in state.tentative:
+        trailing = not (prefix and n == 0)  # the result follows the marker, as lists share it
+        if trailing and not reading.loss_words:  # "..., EMA and S100 negative": EMA's too
+            for _, t_key, _ in state.tentative:
                 panel.results.pop(t_key, None)
-                _add(t_kind, t_key, reading, f"{t_fragment} … {fragment}", kb, panel)
-            state.tentative.clear()
+            _resolve_waiting(state.tentative, reading, fragment, kb, panel, state.named)
         if any(w_key == key for _, w_key, _ in waiting):  # "for kappa and lambda showed
             waiting[:] = [w for w in waiting if w[1] != key]  # kappa restriction": kappa's
-        elif not (prefix and n == 0):  # own result, never lambda's
-            _resolve_waiting(
-                waiting, reading, fragment, kb, panel, state.named
-            )  # "desmin and SMA +"
+        elif trailing:  # own result, never lambda's; "desmin and SMA +" shares it
+            _resolve_waiting(waiting, reading, fragment, kb, panel, state.named)
         _add(kind, key, reading, fragment, kb, panel)
         if not (len(words) == 1 and words[0].startswith("(")):  # "EMA (focally) and PR":
             state.carry = carry = None  # an aside within the list keeps its carried result
