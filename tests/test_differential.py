@@ -181,6 +181,11 @@ def test_ihc_cli_reads_a_report_file(tmp_path, capsys):
     assert doc["markers_used"] == "2 of 2 markers used"
     assert main(["ihc", "--panel", f"@{tmp_path / 'missing.txt'}"]) == 2
     assert "missing.txt" in capsys.readouterr().err
+    scanned = tmp_path / "report.pdf"
+    scanned.write_bytes(b"%PDF-1.4\n\xff\xfe\x00\x93 binary")
+    assert main(["ihc", "--panel", f"@{scanned}"]) == 2
+    err = capsys.readouterr().err
+    assert "report.pdf" in err and "UTF-8" in err
 
 
 def test_result_objects_work_without_parsing():
